@@ -1,0 +1,1 @@
+"""The agent-infra daemons: env-manager and orchestrator, on one shared runtime."""

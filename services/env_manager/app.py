@@ -1,0 +1,26 @@
+"""env-manager's half of the daemon: its servicer on the shared runtime."""
+
+from __future__ import annotations
+
+import grpc
+
+from client.wire import env_manager_pb2, env_manager_pb2_grpc
+from services.runtime import DaemonApp
+
+from .settings import EnvManagerSettings
+
+SERVICE_NAME = env_manager_pb2.DESCRIPTOR.services_by_name["EnvManagerService"].full_name
+
+
+class EnvManagerServicer(env_manager_pb2_grpc.EnvManagerServiceServicer):
+    """Translates env_manager.v1 to the stack domain; each RPC arrives with the env-manager issue."""
+
+
+class EnvManagerApp(DaemonApp):
+    service_names = (SERVICE_NAME,)
+
+    def __init__(self, settings: EnvManagerSettings) -> None:
+        self._settings = settings
+
+    def register(self, server: grpc.aio.Server) -> None:
+        env_manager_pb2_grpc.add_EnvManagerServiceServicer_to_server(EnvManagerServicer(), server)

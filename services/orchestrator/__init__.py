@@ -1,0 +1,1 @@
+"""orchestrator: the durable task queue, workflows and events behind orchestrator.v1."""

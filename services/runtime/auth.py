@@ -1,0 +1,48 @@
+"""Bearer-token authentication for every RPC, checked before the handler runs."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+
+from .rpc import Invoke, RpcInfo
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+class TokenAuth:
+    """Requires `authorization: Bearer <token>` when a token is configured.
+
+    The token and the open services can be replaced at run time (SIGHUP reload).
+    """
+
+    def __init__(self, token: str | None, open_services: Iterable[str] = ()) -> None:
+        self.update(token, open_services)
+
+    def update(self, token: str | None, open_services: Iterable[str]) -> None:
+        self._token = token.encode() if token else None
+        self._open = frozenset(open_services)
+
+    async def __call__(
+        self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any], invoke: Invoke
+    ) -> Any:
+        if self._token is not None and info.service not in self._open:
+            presented = _bearer(context.invocation_metadata() or ())
+            if presented is None or not hmac.compare_digest(presented, self._token):
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
+                )
+        return await invoke()
+
+
+def _bearer(metadata: Iterable[Any]) -> bytes | None:
+    for key, value in metadata:
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            return token.strip().encode() if scheme.lower() == "bearer" else None
+    return None

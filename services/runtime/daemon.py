@@ -1,0 +1,267 @@
+"""The server core both daemons run: gRPC + HTTP, health, reflection, signals, systemd, reload.
+
+A daemon supplies a `DaemonApp` (its domain and thin servicers); `Daemon` does the rest:
+
+start:    bind gRPC and HTTP -> app.start() -> health SERVING -> READY=1
+SIGHUP:   re-read config; apply what can change live (logging, token, the app's own); keep the
+          old config when the new one is invalid
+SIGTERM:  STOPPING=1 -> health NOT_SERVING -> end response streams -> refuse new calls and let
+          in-flight ones finish within the grace -> app.stop() -> exit 0; a second signal exits now
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+from . import logs
+from .auth import HEALTH_SERVICE, TokenAuth
+from .config import ConfigError, ConfigSpec, load_config
+from .http import HttpEndpoint
+from .notify import SystemdNotifier
+from .observe import RpcObserver
+from .rpc import MiddlewareInterceptor, StreamCloser
+from .settings import DaemonSettings
+
+log = logs.get_logger("daemon")
+
+FORCED_EXIT = 1
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class StartupError(Exception):
+    """The daemon could not start (a port in use, a certificate unreadable...)."""
+
+
+@dataclass
+class DaemonContext:
+    """What the runtime hands an app: its settings, metrics registry and health switch."""
+
+    settings: Any
+    registry: CollectorRegistry
+    closing: asyncio.Event
+    health: HealthState
+
+
+class DaemonApp:
+    """The domain half of a daemon. Subclasses override what they need."""
+
+    #: fully qualified gRPC service names the app registers (for health and reflection)
+    service_names: Sequence[str] = ()
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the app's servicers to the server."""
+
+    async def start(self, context: DaemonContext) -> None:
+        """Open stores, connect to dependencies; return when ready to serve."""
+
+    async def stop(self) -> None:
+        """Release what start() took; called after in-flight RPCs are done."""
+
+    async def reload(self, settings: Any) -> None:
+        """Apply the parts of new settings that can change at run time."""
+
+    def http_routes(self) -> Sequence[web.RouteDef]:
+        return ()
+
+
+class HealthState:
+    """The daemon's serving state, mirrored to grpc.health.v1 for "" and each app service."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, services: Sequence[str]) -> None:
+        self._servicer = servicer
+        self._services = ("", *services)
+        self.serving = False
+        self.reason = "starting"
+
+    async def set(self, serving: bool, reason: str = "") -> None:
+        self.serving, self.reason = serving, reason
+        status = _SERVING if serving else _NOT_SERVING
+        for service in self._services:
+            await self._servicer.set(service, status)
+
+    async def shut_down(self) -> None:
+        self.serving, self.reason = False, "shutting down"
+        await self._servicer.enter_graceful_shutdown()
+
+
+class Daemon:
+    def __init__(self, spec: ConfigSpec, settings: DaemonSettings, app: DaemonApp,
+                 reload_args: Any = None, version: str = "0") -> None:
+        self._spec = spec
+        self._settings = settings
+        self._app = app
+        self._reload_args = reload_args
+        self._version = version
+        self._notifier = SystemdNotifier()
+        self._stop = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._signals = 0
+        self._registry = CollectorRegistry()
+        ProcessCollector(registry=self._registry)
+        PlatformCollector(registry=self._registry)
+        self._auth = TokenAuth(settings.auth.resolve_token(), _open_services(settings))
+        self._health_servicer = health.aio.HealthServicer()
+        self.health = HealthState(self._health_servicer, app.service_names)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        server = self._build_server()
+        http = HttpEndpoint(self._settings.server.http_addr, self._registry, self._health_report,
+                            self._app.http_routes())
+        try:
+            await self._start(server, http)
+            await self._stop.wait()
+        finally:
+            await self._shutdown(server, http)
+        return 0
+
+    def _build_server(self) -> grpc.aio.Server:
+        cfg = self._settings.server
+        interceptor = MiddlewareInterceptor(
+            [RpcObserver(self._registry), self._auth, StreamCloser(self._closing)]
+        )
+        server = grpc.aio.server(
+            interceptors=[interceptor],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+                ("grpc.keepalive_time_ms", int(cfg.keepalive_time * 1000)),
+                ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout * 1000)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                # Let idle clients keep long streams alive with pings every 10 s or more.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_ping_strikes", 0),
+            ],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
+        self._app.register(server)
+        reflection.enable_server_reflection(
+            [*self._app.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME], server
+        )
+        return server
+
+    async def _start(self, server: grpc.aio.Server, http: HttpEndpoint) -> None:
+        cfg = self._settings.server
+        self._notifier.status("starting")
+        for service in ("", *self._app.service_names):
+            await self._health_servicer.set(service, _NOT_SERVING)
+        _bind(server, str(cfg.grpc_addr), self._settings)
+        try:
+            await http.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on HTTP {cfg.http_addr}: {exc.strerror}") from exc
+        await server.start()
+        await self._app.start(
+            DaemonContext(self._settings, self._registry, self._closing, self.health)
+        )
+        await self.health.set(True, "serving")
+        self._spawn(self._notifier.run_watchdog())
+        status = f"serving gRPC on {cfg.grpc_addr}, HTTP on {cfg.http_addr}"
+        self._notifier.ready(status)
+        log.info("ready", daemon=self._spec.daemon, version=self._version,
+                 grpc_addr=str(cfg.grpc_addr), http_addr=str(cfg.http_addr),
+                 tls=self._settings.tls.enabled, auth=self._settings.auth.resolve_token() is not None)
+
+    async def _shutdown(self, server: grpc.aio.Server, http: HttpEndpoint) -> None:
+        grace = self._settings.server.shutdown_grace
+        self._notifier.stopping()
+        log.info("shutting_down", grace_seconds=grace)
+        began = time.monotonic()
+        await self.health.shut_down()
+        self._closing.set()
+        await server.stop(grace)
+        await self._app.stop()
+        await http.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("stopped", seconds=round(time.monotonic() - began, 3))
+
+    def _on_stop_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("forced_exit", signal=signal.Signals(signum).name)
+            os._exit(FORCED_EXIT)
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        self._stop.set()
+
+    def _on_reload_signal(self) -> None:
+        self._spawn(self._reload())
+
+    async def _reload(self) -> None:
+        self._notifier.reloading()
+        try:
+            loaded = load_config(self._spec, self._reload_args, dict(os.environ))
+        except ConfigError as exc:
+            log.error("reload_rejected", error=str(exc), kept="previous configuration")
+            self._notifier.ready("reload rejected; previous configuration kept")
+            return
+        new: DaemonSettings = loaded.settings  # type: ignore[assignment]
+        restart_needed = [name for name in ("server", "tls")
+                          if getattr(new, name) != getattr(self._settings, name)]
+        logs.configure_logging(new.log.level, new.log.format)
+        self._auth.update(new.auth.resolve_token(), _open_services(new))
+        await self._app.reload(new)
+        self._settings = new
+        if restart_needed:
+            log.warning("reload_partial", needs_restart=restart_needed)
+        log.info("reloaded", config=str(loaded.path) if loaded.path else None)
+        self._notifier.ready("serving (configuration reloaded)")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _health_report(self) -> dict[str, Any]:
+        return {
+            "healthy": self.health.serving,
+            "status": "SERVING" if self.health.serving else "NOT_SERVING",
+            "reason": self.health.reason,
+            "daemon": self._spec.daemon,
+            "version": self._version,
+        }
+
+
+def _open_services(settings: DaemonSettings) -> list[str]:
+    return [HEALTH_SERVICE] if settings.auth.health_open else []
+
+
+def _bind(server: grpc.aio.Server, address: str, settings: DaemonSettings) -> None:
+    tls = settings.tls
+    try:
+        if tls.enabled:
+            assert tls.cert_file is not None and tls.key_file is not None
+            client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except (RuntimeError, OSError) as exc:
+        raise StartupError(f"cannot listen on gRPC {address}: {exc}") from exc
+    if port == 0:
+        raise StartupError(f"cannot listen on gRPC {address}: address in use or not local")
+

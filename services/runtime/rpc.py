@@ -1,0 +1,142 @@
+"""A chain of middlewares around every RPC a daemon serves.
+
+grpc.aio interceptors only see the handler before it runs. Rewrapping the handler's behaviour lets a
+middleware await the whole call, so it sees the real final status and duration, including for
+streams. Response streams written as async generators are turned into `context.write` loops first,
+so every middleware wraps one awaitable, whatever the RPC's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+Invoke = Callable[[], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class RpcInfo:
+    full_method: str
+    service: str
+    method: str
+    # grpc-prometheus's grpc_type values
+    kind: str
+
+    @property
+    def response_streaming(self) -> bool:
+        return self.kind in ("SERVER_STREAM", "BIDI_STREAM")
+
+
+class Middleware(Protocol):
+    async def __call__(
+        self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any], invoke: Invoke
+    ) -> Any: ...
+
+
+_KINDS = {
+    (False, False): "UNARY",
+    (False, True): "SERVER_STREAM",
+    (True, False): "CLIENT_STREAM",
+    (True, True): "BIDI_STREAM",
+}
+_HANDLER_FACTORIES: dict[str, Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
+    "UNARY": grpc.unary_unary_rpc_method_handler,
+    "SERVER_STREAM": grpc.unary_stream_rpc_method_handler,
+    "CLIENT_STREAM": grpc.stream_unary_rpc_method_handler,
+    "BIDI_STREAM": grpc.stream_stream_rpc_method_handler,
+}
+
+
+class MiddlewareInterceptor(grpc.aio.ServerInterceptor):
+    """Runs `middlewares` (outermost first) around every handled RPC."""
+
+    def __init__(self, middlewares: Sequence[Middleware]) -> None:
+        self._middlewares = tuple(middlewares)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        full_method = handler_call_details.method
+        service, _, method = full_method.lstrip("/").partition("/")
+        kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        info = RpcInfo(full_method, service, method, kind)
+        behavior = _as_coroutine(
+            handler.unary_unary or handler.unary_stream or handler.stream_unary
+            or handler.stream_stream
+        )
+        middlewares = self._middlewares
+
+        async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            invoke: Invoke = functools.partial(behavior, request, context)
+            for middleware in reversed(middlewares):
+                invoke = functools.partial(middleware, info, context, invoke)
+            return await invoke()
+
+        return _HANDLER_FACTORIES[kind](
+            run,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _as_coroutine(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    if inspect.isasyncgenfunction(behavior):
+
+        async def write_all(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            async for response in behavior(request, context):
+                await context.write(response)
+
+        return write_all
+    if inspect.iscoroutinefunction(behavior):
+        return behavior
+
+    async def call_sync(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return behavior(request, context)
+
+    return call_sync
+
+
+class StreamCloser:
+    """Ends response streams when the daemon starts shutting down, with status OK.
+
+    Long-lived streams (health Watch, log follow, event feeds) would otherwise hold shutdown for
+    the whole grace period; unary calls are left to finish.
+    """
+
+    def __init__(self, closing: asyncio.Event) -> None:
+        self._closing = closing
+
+    async def __call__(
+        self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any], invoke: Invoke
+    ) -> Any:
+        if not info.response_streaming:
+            return await invoke()
+        if self._closing.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        call = asyncio.ensure_future(invoke())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            done, _ = await asyncio.wait({call, closing}, return_when=asyncio.FIRST_COMPLETED)
+            if call in done:
+                return call.result()
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            return None
+        finally:
+            closing.cancel()
+            call.cancel()

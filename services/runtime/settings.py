@@ -1,0 +1,111 @@
+"""Settings every daemon has: listen addresses, shutdown, transport limits, logging, TLS and auth.
+
+Each daemon subclasses `DaemonSettings` to add its own keys. Models forbid unknown keys so a typo in
+a TOML file stops the daemon instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from .config import Option
+from .values import Address, Duration
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    grpc_addr: Address
+    http_addr: Address
+    shutdown_grace: Duration = Field(10.0, description="how long in-flight RPCs may take to finish")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    keepalive_time: Duration = Field(30.0, gt=0)
+    keepalive_timeout: Duration = Field(10.0, gt=0)
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class TlsSettings(Section):
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Setting a client CA turns on mutual TLS: clients must present a certificate it signed.
+    client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
+        for path in (self.cert_file, self.key_file, self.client_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"file not found: {path}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class AuthSettings(Section):
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    # Probes (systemd, load balancers, grpc_health_probe) usually carry no token.
+    health_open: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        if self.token_file is not None and not self.token_file.is_file():
+            raise ValueError(f"file not found: {self.token_file}")
+        if self.token is not None and not self.token.get_secret_value():
+            raise ValueError("token must not be empty")
+        return self
+
+    def resolve_token(self) -> str | None:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text().strip() or None
+        return None
+
+
+class DaemonSettings(Section):
+    server: ServerSettings
+    log: LogSettings = LogSettings()
+    tls: TlsSettings = TlsSettings()
+    auth: AuthSettings = AuthSettings()
+
+
+def common_options(prefix: str, http_addr_env: str) -> list[Option]:
+    """The environment variables and flags every daemon accepts, under its own prefix."""
+    return [
+        Option("server.grpc_addr", "gRPC listen address host:port", f"{prefix}_GRPC_ADDR",
+               "--grpc-addr"),
+        Option("server.http_addr", "HTTP (/metrics, /health) listen address host:port",
+               http_addr_env, "--http-addr"),
+        Option("server.shutdown_grace", "time in-flight RPCs get to finish on SIGTERM",
+               f"{prefix}_SHUTDOWN_GRACE", "--shutdown-grace"),
+        Option("server.max_message_bytes", "largest message accepted or sent",
+               f"{prefix}_MAX_MESSAGE_BYTES", "--max-message-bytes"),
+        Option("log.level", "debug, info, warning or error", f"{prefix}_LOG_LEVEL", "--log-level"),
+        Option("log.format", "auto (console on a terminal, else JSON), json or console",
+               f"{prefix}_LOG_FORMAT", "--log-format"),
+        Option("tls.cert_file", "server certificate (PEM); turns TLS on", f"{prefix}_TLS_CERT",
+               "--tls-cert"),
+        Option("tls.key_file", "server private key (PEM)", f"{prefix}_TLS_KEY", "--tls-key"),
+        Option("tls.client_ca_file", "CA (PEM) that signs client certificates; turns mutual TLS on",
+               f"{prefix}_TLS_CLIENT_CA", "--tls-client-ca"),
+        Option("auth.token", "bearer token clients must send", f"{prefix}_AUTH_TOKEN"),
+        Option("auth.token_file", "file holding the bearer token", f"{prefix}_AUTH_TOKEN_FILE",
+               "--auth-token-file"),
+    ]
