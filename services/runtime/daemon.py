@@ -183,12 +183,15 @@ class Daemon:
 
     async def _shutdown(self, server: grpc.aio.Server, http: HttpEndpoint) -> None:
         grace = self._settings.server.shutdown_grace
-        self._notifier.stopping()
         log.info("shutting_down", grace_seconds=grace)
         began = time.monotonic()
         await self.health.shut_down()
+        stopping = asyncio.ensure_future(server.stop(grace))
+        # One loop turn lets grpc start refusing new calls before anyone is told we stop.
+        await asyncio.sleep(0)
+        self._notifier.stopping()
         self._closing.set()
-        await server.stop(grace)
+        await stopping
         await self._app.stop()
         await http.stop()
         for task in self._tasks:

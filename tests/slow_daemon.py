@@ -1,0 +1,48 @@
+"""env-manager's runtime plus one slow RPC, for shutdown tests (`python -m tests.slow_daemon`).
+
+`/agent_infra.test.Slow/Sleep` takes the request bytes as a number of seconds, sleeps that long and
+echoes them back. `.../Ticks` streams b"tick" every 50 ms until cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from services.env_manager.app import EnvManagerApp
+from services.env_manager.settings import SPEC
+from services.runtime import DaemonSettings, run_daemon
+
+SERVICE = "agent_infra.test.Slow"
+
+
+async def _sleep(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    await asyncio.sleep(float(request.decode()))
+    return request
+
+
+async def _ticks(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+    while True:
+        yield b"tick"
+        await asyncio.sleep(0.05)
+
+
+class SlowApp(EnvManagerApp):
+    def register(self, server: grpc.aio.Server) -> None:
+        super().register(server)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {
+            "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
+            "Ticks": grpc.unary_stream_rpc_method_handler(_ticks),
+        })])
+
+
+def _make_app(settings: DaemonSettings) -> SlowApp:
+    return SlowApp(settings)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(run_daemon(SPEC, _make_app, sys.argv[1:]))
