@@ -120,7 +120,9 @@ class DaemonProcess:
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
-            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout}s:\n{self.log_text()}")
+            raise AssertionError(
+                f"{self.name} ignored SIGTERM for {timeout}s:\n{self.log_text()}"
+            ) from None
 
 
 async def start_daemon(

@@ -25,7 +25,9 @@ async def _sleep(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) ->
     return request
 
 
-async def _ticks(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+async def _ticks(
+    request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[bytes]:
     while True:
         yield b"tick"
         await asyncio.sleep(0.05)

@@ -13,7 +13,7 @@ SERVICE_NAME = env_manager_pb2.DESCRIPTOR.services_by_name["EnvManagerService"].
 
 
 class EnvManagerServicer(env_manager_pb2_grpc.EnvManagerServiceServicer):
-    """Translates env_manager.v1 to the stack domain; each RPC arrives with the env-manager issue."""
+    """Translates env_manager.v1 to the stack domain (RPCs arrive with the env-manager issue)."""
 
 
 class EnvManagerApp(DaemonApp):
@@ -23,4 +23,6 @@ class EnvManagerApp(DaemonApp):
         self._settings = settings
 
     def register(self, server: grpc.aio.Server) -> None:
-        env_manager_pb2_grpc.add_EnvManagerServiceServicer_to_server(EnvManagerServicer(), server)
+        # Until each RPC is built, the generated base answers UNIMPLEMENTED.
+        servicer = EnvManagerServicer()  # type: ignore[abstract]
+        env_manager_pb2_grpc.add_EnvManagerServiceServicer_to_server(servicer, server)

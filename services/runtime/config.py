@@ -139,7 +139,9 @@ def _merge(
             sources[dotted] = source
 
 
-def _set(values: dict[str, Any], sources: dict[str, str], key: str, value: object, source: str) -> None:
+def _set(
+    values: dict[str, Any], sources: dict[str, str], key: str, value: object, source: str
+) -> None:
     *parents, leaf = key.split(".")
     node = values
     for part in parents:

@@ -179,7 +179,8 @@ class Daemon:
         self._notifier.ready(status)
         log.info("ready", daemon=self._spec.daemon, version=self._version,
                  grpc_addr=str(cfg.grpc_addr), http_addr=str(cfg.http_addr),
-                 tls=self._settings.tls.enabled, auth=self._settings.auth.resolve_token() is not None)
+                 tls=self._settings.tls.enabled,
+                 auth=self._settings.auth.resolve_token() is not None)
 
     async def _shutdown(self, server: grpc.aio.Server, http: HttpEndpoint) -> None:
         grace = self._settings.server.shutdown_grace

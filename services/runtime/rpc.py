@@ -54,7 +54,7 @@ _HANDLER_FACTORIES: dict[str, Callable[..., grpc.RpcMethodHandler[Any, Any]]] = 
 }
 
 
-class MiddlewareInterceptor(grpc.aio.ServerInterceptor):
+class MiddlewareInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Runs `middlewares` (outermost first) around every handled RPC."""
 
     def __init__(self, middlewares: Sequence[Middleware]) -> None:
