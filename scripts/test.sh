@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The project's test command: bootstrap the machine, lint (ruff), type-check (mypy),
+# then run pytest with any arguments given, e.g.
+#   scripts/test.sh
+#   scripts/test.sh tests/integration/test_docker_harness.py -k echo
+# All three checks run even when an earlier one fails; the exit code is pytest's when it
+# failed, else 1 when ruff or mypy failed, else 0. "No tests collected" counts as a failure.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PY="$REPO/.venv/bin/python"
+start=$SECONDS
+
+step() { printf '==> %s\n' "$*" >&2; }
+
+bash "$REPO/scripts/bootstrap.sh"
+
+step "ruff check ."
+ruff_rc=0
+"$PY" -m ruff check . || ruff_rc=$?
+
+# Only directories that hold Python files: mypy fails on a directory with none.
+# client/wire is generated code, excluded in pyproject's [tool.mypy].
+mypy_dirs=()
+for d in services client scripts tests bench; do
+    if [[ -d "$d" ]] && [[ -n "$(find "$d" -path client/wire -prune -o \
+        \( -name '*.py' -o -name '*.pyi' \) -print -quit)" ]]; then
+        mypy_dirs+=("$d")
+    fi
+done
+mypy_rc=0
+if ((${#mypy_dirs[@]})); then
+    # --explicit-package-bases: files are named by their path from the repo root
+    # (services.runtime.values, tests.docker_support), as pytest (pythonpath=["."]) imports
+    # them, so namespace packages without __init__.py and same-named files don't clash.
+    step "mypy ${mypy_dirs[*]}"
+    "$PY" -m mypy --explicit-package-bases "${mypy_dirs[@]}" || mypy_rc=$?
+else
+    step "mypy: no Python files to check"
+fi
+
+step "pytest $*"
+pytest_rc=0
+"$PY" -m pytest "$@" || pytest_rc=$?
+pytest_note=""
+if ((pytest_rc == 5)); then
+    printf 'test.sh: pytest collected no tests (exit 5): treating that as a failure\n' >&2
+    pytest_note=" (no tests collected)"
+    pytest_rc=1
+fi
+
+verdict() { if (($1 == 0)); then echo ok; else echo "FAILED($1)"; fi; }
+rc=$pytest_rc
+if ((rc == 0 && (ruff_rc != 0 || mypy_rc != 0))); then
+    rc=1
+fi
+printf '==> summary: ruff %s, mypy %s, pytest %s%s; %s in %ss\n' \
+    "$(verdict "$ruff_rc")" "$(verdict "$mypy_rc")" "$(verdict "$pytest_rc")" "$pytest_note" \
+    "$(if ((rc == 0)); then echo PASS; else echo FAIL; fi)" "$((SECONDS - start))"
+exit "$rc"
