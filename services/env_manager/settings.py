@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Self
 
+from pydantic import Field, PrivateAttr, model_validator
+
+from services.env_manager.registry import NAME_PATTERN, Registry, ServiceSpec
 from services.runtime import (
     ConfigSpec,
     DaemonSettings,
@@ -20,14 +24,41 @@ class DockerSettings(Section):
     host: str | None = None
 
 
+class RetrySettings(Section):
+    """Backoff for Docker API calls that fail: initial, doubling with jitter, capped."""
+
+    attempts: int = Field(3, ge=1, le=20)
+    initial: Duration = Field(0.5, gt=0)
+    max: Duration = Field(30.0, gt=0)
+
+
 class StackSettings(Section):
+    # Marks every container this env-manager owns (label and name prefix).
+    name: str = Field("agent-infra", pattern=NAME_PATTERN)
     max_concurrent: int = Field(5, ge=1, le=256, description="containers started at once")
     health_timeout: Duration = Field(60.0, gt=0, description="wait for a service to be healthy")
+    retry: RetrySettings = RetrySettings()
+
+
+class StateSettings(Section):
+    dir: Path = Path.home() / ".local/state/agent-infra/env-manager"
 
 
 class EnvManagerSettings(DaemonSettings):
     docker: DockerSettings = DockerSettings()
     stack: StackSettings = StackSettings()
+    state: StateSettings = StateSettings()
+    services: dict[str, ServiceSpec] = {}
+    _registry: Registry = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _build_registry(self) -> Self:
+        self._registry = Registry(self.services)
+        return self
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
 
 
 SPEC = ConfigSpec(
@@ -46,5 +77,9 @@ SPEC = ConfigSpec(
                "ENV_MANAGER_MAX_CONCURRENT", "--max-concurrent"),
         Option("stack.health_timeout", "how long to wait for a service to become healthy",
                "ENV_MANAGER_HEALTH_TIMEOUT", "--health-timeout"),
+        Option("stack.name", "label and name prefix of the containers this daemon owns",
+               "ENV_MANAGER_STACK_NAME", "--stack-name"),
+        Option("state.dir", "where task results are kept", "ENV_MANAGER_STATE_DIR",
+               "--state-dir"),
     ],
 )

@@ -154,13 +154,21 @@ def _describe(daemon: str, exc: ValidationError, sources: Mapping[str, str]) -> 
     lines = [f"{daemon}: invalid configuration:"]
     for error in exc.errors(include_url=False):
         key = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if not key:
+            # A check across the whole config: its message starts with the key at fault.
+            named = message.partition(":")[0]
+            lines.append(f"  {message} (from {_source_of(named, sources)})")
+            continue
         source = _source_of(key, sources)
         if error["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (from {source})")
             continue
-        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             lines.append(f"  {key}: required, not set")
+        elif isinstance(error["input"], dict | list):
+            # A check on a whole table: its message names the keys at fault.
+            lines.append(f"  {key} (from {source}): {message}")
         else:
             lines.append(f"  {key} = {error['input']!r} (from {source}): {message}")
     return "\n".join(lines)

@@ -32,6 +32,7 @@ from .http import HttpEndpoint
 from .notify import SystemdNotifier
 from .observe import RpcObserver
 from .rpc import MiddlewareInterceptor, StreamCloser
+from .status import map_domain_errors
 from .settings import DaemonSettings
 
 log = logs.get_logger("daemon")
@@ -136,7 +137,8 @@ class Daemon:
     def _build_server(self) -> grpc.aio.Server:
         cfg = self._settings.server
         interceptor = MiddlewareInterceptor(
-            [RpcObserver(self._registry), self._auth, StreamCloser(self._closing)]
+            [RpcObserver(self._registry), self._auth, StreamCloser(self._closing),
+             map_domain_errors]
         )
         server = grpc.aio.server(
             interceptors=[interceptor],

@@ -1,0 +1,1 @@
+"""env-manager's access to the Docker engine, one module per resource (as aiodocker does)."""
