@@ -69,6 +69,13 @@ class DaemonApp:
     async def start(self, context: DaemonContext) -> None:
         """Open stores, connect to dependencies; return when ready to serve."""
 
+    async def readiness(self) -> tuple[bool, str]:
+        """Whether the app can serve right after start(), and why not.
+
+        An app that starts not ready turns itself serving later through `context.health`.
+        """
+        return True, "serving"
+
     async def stop(self) -> None:
         """Release what start() took; called after in-flight RPCs are done."""
 
@@ -80,19 +87,35 @@ class DaemonApp:
 
 
 class HealthState:
-    """The daemon's serving state, mirrored to grpc.health.v1 for "" and each app service."""
+    """The daemon's serving state, mirrored to grpc.health.v1 for "" and each app service.
 
-    def __init__(self, servicer: health.aio.HealthServicer, services: Sequence[str]) -> None:
+    The first time it turns serving, systemd gets READY=1: a daemon whose dependency is down at
+    start (env-manager without Docker) is not ready until it is back.
+    """
+
+    def __init__(self, servicer: health.aio.HealthServicer, services: Sequence[str],
+                 notifier: SystemdNotifier, ready_status: str) -> None:
         self._servicer = servicer
         self._services = ("", *services)
+        self._notifier = notifier
+        self._ready_status = ready_status
+        self.ready_sent = False
         self.serving = False
         self.reason = "starting"
 
     async def set(self, serving: bool, reason: str = "") -> None:
+        changed = (serving, reason) != (self.serving, self.reason)
         self.serving, self.reason = serving, reason
         status = _SERVING if serving else _NOT_SERVING
         for service in self._services:
             await self._servicer.set(service, status)
+        if serving and not self.ready_sent:
+            self.ready_sent = True
+            self._notifier.ready(self._ready_status)
+        elif changed:
+            self._notifier.status(self._ready_status if serving else f"not serving: {reason}")
+        if changed:
+            log.info("health", serving=serving, reason=reason)
 
     async def shut_down(self) -> None:
         self.serving, self.reason = False, "shutting down"
@@ -116,7 +139,11 @@ class Daemon:
         PlatformCollector(registry=self._registry)
         self._auth = TokenAuth(settings.auth.resolve_token(), _open_services(settings))
         self._health_servicer = health.aio.HealthServicer()
-        self.health = HealthState(self._health_servicer, app.service_names)
+        cfg = settings.server
+        self.health = HealthState(
+            self._health_servicer, app.service_names, self._notifier,
+            f"serving gRPC on {cfg.grpc_addr}, HTTP on {cfg.http_addr}",
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
@@ -175,11 +202,9 @@ class Daemon:
         await self._app.start(
             DaemonContext(self._settings, self._registry, self._closing, self.health)
         )
-        await self.health.set(True, "serving")
         self._spawn(self._notifier.run_watchdog())
-        status = f"serving gRPC on {cfg.grpc_addr}, HTTP on {cfg.http_addr}"
-        self._notifier.ready(status)
-        log.info("ready", daemon=self._spec.daemon, version=self._version,
+        await self.health.set(*await self._app.readiness())
+        log.info("started", daemon=self._spec.daemon, version=self._version,
                  grpc_addr=str(cfg.grpc_addr), http_addr=str(cfg.http_addr),
                  tls=self._settings.tls.enabled,
                  auth=self._settings.auth.resolve_token() is not None)

@@ -67,9 +67,9 @@ async def test_layers_flags_over_env_over_file(tmp_path: Path) -> None:
     config.write_text('[server]\nshutdown_grace = "7s"\n[log]\nlevel = "error"\n')
     env = {"ORCHESTRATOR_CONFIG": str(config), "ORCHESTRATOR_LOG_LEVEL": "warning"}
     # The flag (info) beats the env (warning), which beats the file (error): with "info" the
-    # daemon logs its "ready" line, which neither "warning" nor "error" would.
+    # daemon logs its "started" line, which neither "warning" nor "error" would.
     async with running_daemon("orchestrator", tmp_path, env=env,
                               args=["--log-level", "info"]) as daemon:
         pass
-    assert '"event": "ready"' in daemon.log_text()
+    assert '"event": "started"' in daemon.log_text()
     assert '"grace_seconds": 7.0' in daemon.log_text()

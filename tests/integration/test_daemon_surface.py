@@ -158,7 +158,7 @@ async def test_every_rpc_is_logged_once_as_json(daemon: DaemonProcess) -> None:
     assert len(rpcs) == 1, rpcs
     assert rpcs[0]["code"] == "OK"
     assert isinstance(rpcs[0]["duration_ms"], float)
-    assert {"ready", "shutting_down", "stopped"} <= {r.get("event") for r in records}
+    assert {"started", "shutting_down", "stopped"} <= {r.get("event") for r in records}
 
 
 async def test_oversized_message_is_resource_exhausted(tmp_path: Path) -> None:
