@@ -155,6 +155,10 @@ ensure_docker() {
     if ! deb_installed busybox-static; then
         pkgs+=(busybox-static)
     fi
+    # systemd-analyze checks the units in deploy/systemd (systemd need not be PID 1).
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        pkgs+=(systemd)
+    fi
     if ((${#pkgs[@]})); then
         apt_install "${pkgs[@]}"
     fi
