@@ -155,6 +155,10 @@ ensure_docker() {
     if ! deb_installed busybox-static; then
         pkgs+=(busybox-static)
     fi
+    # A local registry (loopback only, run by the tests) for the image pull success path.
+    if ! command -v docker-registry >/dev/null 2>&1; then
+        pkgs+=(docker-registry)
+    fi
     # systemd-analyze checks the units in deploy/systemd (systemd need not be PID 1).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
