@@ -8,6 +8,7 @@ from typing import Self
 from pydantic import Field, PrivateAttr, model_validator
 
 from services.env_manager.registry import NAME_PATTERN, Registry, ServiceSpec
+from services.env_manager.workloads import TaskSettings, WorkloadClass
 from services.runtime import (
     ConfigSpec,
     DaemonSettings,
@@ -49,6 +50,9 @@ class EnvManagerSettings(DaemonSettings):
     stack: StackSettings = StackSettings()
     state: StateSettings = StateSettings()
     services: dict[str, ServiceSpec] = {}
+    # Empty: cpu_short, cpu_long and gpu sized for this host (workloads.default_workload_classes).
+    workload_classes: dict[str, WorkloadClass] = {}
+    tasks: TaskSettings = TaskSettings()
     _registry: Registry = PrivateAttr()
 
     @model_validator(mode="after")

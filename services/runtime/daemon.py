@@ -32,8 +32,8 @@ from .http import HttpEndpoint
 from .notify import SystemdNotifier
 from .observe import RpcObserver
 from .rpc import MiddlewareInterceptor, StreamCloser
-from .status import map_domain_errors
 from .settings import DaemonSettings
+from .status import map_domain_errors
 
 log = logs.get_logger("daemon")
 

@@ -80,7 +80,7 @@ class DockerEngine:
                 failure = exc
             log.warning("docker_retry", operation=what, attempt=attempt, error=str(failure),
                         delay_s=round(delay, 3))
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.retry.max)
         raise AssertionError("unreachable")
 

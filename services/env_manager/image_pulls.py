@@ -1,0 +1,37 @@
+"""Pull several images at once; one image failing does not stop the others."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from .docker import images
+from .docker.engine import DockerEngine
+from .docker.images import PullProgress
+
+PULL_CONCURRENCY = 3
+
+
+async def pull_all(engine: DockerEngine, names: Sequence[str]) -> AsyncIterator[PullProgress]:
+    """Progress of every pull, interleaved as it comes; ends when all pulls are over."""
+    queue: asyncio.Queue[PullProgress | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(PULL_CONCURRENCY)
+
+    async def pull_one(image: str) -> None:
+        async with slots:
+            async for progress in images.pull(engine, image):
+                queue.put_nowait(progress)
+
+    async def pull_every() -> None:
+        try:
+            await asyncio.gather(*(pull_one(image) for image in dict.fromkeys(names)))
+        finally:
+            queue.put_nowait(None)
+
+    worker = asyncio.ensure_future(pull_every())
+    try:
+        while (progress := await queue.get()) is not None:
+            yield progress
+        await worker
+    finally:
+        worker.cancel()

@@ -1,0 +1,119 @@
+"""env_manager.v1 on the wire: protobuf in, domain calls, protobuf out.
+
+No decisions here. Domain errors raised below become their gRPC status in the runtime's
+middleware (services/runtime/status.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from client.wire import env_manager_pb2 as pb
+from client.wire import env_manager_pb2_grpc
+
+from .health_watch import watch_health
+from .image_pulls import pull_all
+from .manager import EnvManager
+from .resources import Availability
+from .stack import ServiceState, StackManager
+
+Context = Any  # grpc.aio.ServicerContext; grpc is untyped
+
+
+class EnvManagerServicer(env_manager_pb2_grpc.EnvManagerServiceServicer):
+    def __init__(self, domain: Callable[[], EnvManager]) -> None:
+        # The domain is built when the daemon starts, after servicers are registered.
+        self._get = domain
+
+    @property
+    def _stack(self) -> StackManager:
+        return self._get().stack
+
+    async def StartServices(self, request: pb.StartServicesRequest, context: Context
+                            ) -> AsyncIterator[pb.ServiceStatusUpdate]:
+        updates = self._stack.start(list(request.service_names), request.parallel,
+                                    dict(request.overrides))
+        async for update in updates:
+            yield pb.ServiceStatusUpdate(service_name=update.service, status=update.status,
+                                         message=update.message, progress=update.progress)
+
+    async def StopServices(self, request: pb.StopServicesRequest, context: Context
+                           ) -> pb.StopServicesResponse:
+        timeout = float(request.timeout_seconds) if request.timeout_seconds > 0 else None
+        outcome = await self._stack.stop(list(request.service_names), timeout)
+        return pb.StopServicesResponse(success=outcome.success, service_results=outcome.results)
+
+    async def RestartService(self, request: pb.RestartServiceRequest, context: Context
+                             ) -> pb.RestartServiceResponse:
+        timeout = float(request.timeout_seconds) if request.timeout_seconds > 0 else None
+        success, message = await self._stack.restart(request.service_name, timeout)
+        return pb.RestartServiceResponse(success=success, message=message)
+
+    async def GetServicesStatus(self, request: pb.GetServicesStatusRequest, context: Context
+                                ) -> pb.ServicesStatusResponse:
+        states = await self._stack.status(list(request.service_names))
+        return pb.ServicesStatusResponse(
+            services={name: _service_status(state) for name, state in states.items()})
+
+    async def StreamHealth(self, request: pb.StreamHealthRequest, context: Context
+                           ) -> AsyncIterator[pb.HealthUpdate]:
+        async for change in watch_health(self._stack, list(request.service_names),
+                                         float(request.interval_seconds)):
+            yield pb.HealthUpdate(service_name=change.service, healthy=change.healthy,
+                                  message=change.message, timestamp=change.timestamp,
+                                  details=change.details)
+
+    async def GetResourceAvailability(self, request: pb.GetResourceAvailabilityRequest,
+                                      context: Context) -> pb.ResourceAvailabilityResponse:
+        availability = await self._get().availability(request.workload_class)
+        return _availability(availability)
+
+    async def ExecuteTask(self, request: pb.ExecuteTaskRequest, context: Context
+                          ) -> pb.ExecuteTaskResponse:
+        outcome = await self._get().runner.execute(request.task_id, request.workload_class,
+                                             dict(request.payload), request.timeout_seconds)
+        return pb.ExecuteTaskResponse(success=outcome.success, result=outcome.result,
+                                      error=outcome.error, latency_ms=outcome.latency_ms)
+
+    async def PullImages(self, request: pb.PullImagesRequest, context: Context
+                         ) -> AsyncIterator[pb.ImagePullProgress]:
+        names = list(request.image_names) or self._get().images()
+        async for progress in pull_all(self._stack.engine, names):
+            yield pb.ImagePullProgress(image_name=progress.image, status=progress.status,
+                                       current=progress.current, total=progress.total,
+                                       progress_percent=progress.percent)
+
+    async def StreamLogs(self, request: pb.StreamLogsRequest, context: Context
+                         ) -> AsyncIterator[pb.LogEntry]:
+        state, lines = await self._stack.logs(request.service_name, follow=request.follow,
+                                              tail=request.tail, since=request.since_timestamp)
+        async for line in lines:
+            yield pb.LogEntry(service_name=request.service_name, container_id=state.id,
+                              stream=line.stream, message=line.message,
+                              timestamp=line.timestamp)
+
+
+def _service_status(state: ServiceState) -> pb.ServiceStatus:
+    usage = state.usage
+    return pb.ServiceStatus(
+        name=state.name, status=state.status, container_id=state.container_id,
+        ports=state.ports, health_checks=state.health_checks, started_at=state.started_at,
+        resource_usage=pb.ResourceUsage(
+            cpu_percent=usage.cpu_percent, memory_bytes=usage.memory_bytes,
+            network_rx_bytes=usage.network_rx_bytes, network_tx_bytes=usage.network_tx_bytes,
+        ) if usage else None,
+    )
+
+
+def _availability(availability: Availability) -> pb.ResourceAvailabilityResponse:
+    hardware = availability.hardware
+    return pb.ResourceAvailabilityResponse(
+        available=availability.available, capacity=availability.capacity,
+        in_use=availability.in_use,
+        hardware=pb.HardwareInfo(
+            cpu_cores=hardware.cpu_cores, memory_bytes=hardware.memory_bytes,
+            gpus=[pb.GPU(index=g.index, name=g.name, memory_bytes=g.memory_bytes,
+                         utilization_percent=g.utilization_percent) for g in hardware.gpus],
+        ),
+    )

@@ -1,0 +1,114 @@
+"""Workload classes (what ExecuteTask may run, and how) and the task settings.
+
+A workload class is one `[workload_classes.NAME]` table of the TOML config. It is the whole
+security boundary of ExecuteTask: a task can only pick an image from `allowed_images`, gets the
+class's limits and network, and sees no host path except the class's `mounts`.
+
+With no `[workload_classes]` in the config, `default_workload_classes` sizes cpu_short, cpu_long
+and gpu from the host. Their image is python:3.11-slim, a realistic general-purpose default; a
+deployment is expected to name its own images (the tests and the offline demo use
+local/busybox:latest).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any, Self
+
+from pydantic import Field, model_validator
+
+from services.env_manager.registry import ByteSize
+from services.runtime import Duration, Section
+
+DEFAULT_IMAGE = "python:3.11-slim"
+MIB = 1024 * 1024
+
+
+def parse_mount(text: str) -> tuple[str, str, str]:
+    """("src", "dst", "ro"|"rw") from "src:dst[:ro|rw]"; both paths absolute."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"expected \"/host/path:/container/path[:ro]\"; got {text!r}")
+    source, target = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise ValueError(f"mount mode must be ro or rw; got {mode!r} in {text!r}")
+    for path in (source, target):
+        if not path.startswith("/") or posixpath.normpath(path) != path.rstrip("/") or "\0" in path:
+            raise ValueError(f"mount paths must be absolute and normalised; got {text!r}")
+    return source, target, mode
+
+
+class WorkloadClass(Section):
+    image: str = Field(DEFAULT_IMAGE, min_length=1,
+                       description="image used when the payload names none")
+    # The default image is always allowed, whether or not it is listed here.
+    allowed_images: list[str] = Field(default_factory=list)
+    cpus: float | None = Field(None, gt=0)
+    memory: ByteSize | None = None
+    gpus: int = Field(0, ge=0)
+    default_timeout: Duration = Field(300.0, gt=0)
+    max_timeout: Duration = Field(3600.0, gt=0)
+    # 0 disables the class, e.g. gpu on a host without GPUs.
+    concurrency: int = Field(1, ge=0, le=1024)
+    # Tasks get no network unless the class grants one.
+    network_mode: str = Field("none", min_length=1)
+    mounts: list[str] = Field(default_factory=list,
+                              description="the only host paths tasks may see, \"src:dst[:ro]\"")
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _allow_default_image(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            image = data.get("image", DEFAULT_IMAGE)
+            allowed = list(data.get("allowed_images") or [])
+            if isinstance(image, str) and image not in allowed:
+                allowed.insert(0, image)
+            data = {**data, "allowed_images": allowed}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.max_timeout < self.default_timeout:
+            raise ValueError(f"max_timeout ({self.max_timeout:g} s) is below "
+                             f"default_timeout ({self.default_timeout:g} s)")
+        for mount in self.mounts:
+            parse_mount(mount)
+        for key in self.env:
+            if not key or "=" in key:
+                raise ValueError(f"env names must be non-empty and contain no '='; got {key!r}")
+        return self
+
+
+class TaskSettings(Section):
+    retention: Duration = Field(3600.0, gt=0,
+                                description="how long a finished task's result is kept")
+    # Per stream; the rest is drained and dropped, and the result says it was truncated.
+    output_limit_bytes: int = Field(MIB, ge=0, le=64 * MIB)
+
+
+def default_workload_classes(cpu_cores: int, gpu_count: int) -> dict[str, WorkloadClass]:
+    """cpu_short, cpu_long and gpu sized for a host with these cores and GPUs."""
+    cores = max(1, cpu_cores)
+    return {
+        "cpu_short": WorkloadClass(
+            image=DEFAULT_IMAGE, cpus=1.0, memory=MIB * 1024,
+            default_timeout=300.0, max_timeout=1800.0, concurrency=cores,
+        ),
+        "cpu_long": WorkloadClass(
+            image=DEFAULT_IMAGE, cpus=float(min(2, cores)), memory=MIB * 4096,
+            default_timeout=3600.0, max_timeout=86400.0, concurrency=max(1, cores // 2),
+        ),
+        # concurrency 0 without GPUs: the class exists (callers get a clear error) but never runs.
+        "gpu": WorkloadClass(
+            image=DEFAULT_IMAGE, gpus=1, default_timeout=3600.0, max_timeout=86400.0,
+            concurrency=max(0, gpu_count),
+        ),
+    }
+
+
+def resolve_workload_classes(configured: dict[str, WorkloadClass], cpu_cores: int,
+                             gpu_count: int) -> dict[str, WorkloadClass]:
+    """The configured classes, or the host-sized defaults when the config names none."""
+    return dict(configured) or default_workload_classes(cpu_cores, gpu_count)
