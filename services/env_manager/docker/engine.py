@@ -24,6 +24,7 @@ from ..settings import RetrySettings
 T = TypeVar("T")
 log = get_logger("docker")
 
+UNIX_SCHEME = "unix://"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # aiodocker reports a failed connection as a DockerError with this pseudo-status.
 CONNECTION_FAILED = 900
@@ -34,18 +35,33 @@ class DockerEngine:
         self.address = host or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
         self.retry = retry
         self._client: aiodocker.Docker | None = None
+        self._connector: aiohttp.UnixConnector | None = None
 
     @property
     def client(self) -> aiodocker.Docker:
         if self._client is None:
             # aiodocker connects lazily: making the client never touches the engine.
-            self._client = aiodocker.Docker(url=self.address)
+            self._client = self._make_client()
         return self._client
+
+    def _make_client(self) -> aiodocker.Docker:
+        if not self.address.startswith(UNIX_SCHEME):
+            return aiodocker.Docker(url=self.address)
+        # Each running task holds two or three connections (attach, wait): aiohttp's default
+        # pool of 100 would make every other call queue behind ~40 tasks.
+        self._connector = aiohttp.UnixConnector(self.address[len(UNIX_SCHEME):], limit=0)
+        client = aiodocker.Docker(url=self.address, connector=self._connector)
+        # aiodocker only sets this placeholder host itself when it makes the connector.
+        client.docker_host = UNIX_SCHEME + "localhost"
+        return client
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        if self._connector is not None:
+            await self._connector.close()
+            self._connector = None
 
     async def ping(self, timeout: float = 5.0) -> None:
         """Raises Unavailable when the engine does not answer within `timeout`."""
