@@ -66,7 +66,7 @@ class StackManager:
         specs = self._with_overrides(registry, targets, overrides or {})
         plan = StartPlan(
             engine=self.engine, stack=self.stack, registry=registry, specs=specs,
-            max_concurrent=self.max_concurrent if parallel else 1,
+            max_concurrent=self.max_concurrent if parallel else 1, sequential=not parallel,
             health_timeout=self.health_timeout, locks=self._locks,
             record_probe=self.record_probe,
         )

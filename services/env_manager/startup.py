@@ -66,6 +66,8 @@ class StartPlan:
     registry: Registry
     specs: Mapping[str, ServiceSpec]  # the services to start, overrides applied
     max_concurrent: int
+    # One service at a time, each ready before the next starts (StartServices parallel=false).
+    sequential: bool
     health_timeout: float
     locks: Mapping[str, asyncio.Lock]  # per service, shared across concurrent plans
     record_probe: Callable[[str, ProbeResult], None]
@@ -120,12 +122,19 @@ class StartPlan:
                 self._emit(name, "stopped", f"not started: {blocked}", done=True)
                 return
             async with self.locks[name]:
-                async with slots:
+                await slots.acquire()
+                try:
                     self._emit(name, "starting", "starting container")
                     state, how = await self._ensure_running(name, spec, existing)
-                mine.started.set_result(True)
-                self._emit(name, "starting", how)
-                healthy, message = await self._wait_ready(name, spec, state, mine)
+                    if not self.sequential:
+                        # The limit is on containers being started; readiness waits are free.
+                        slots.release()
+                    mine.started.set_result(True)
+                    self._emit(name, "starting", how)
+                    healthy, message = await self._wait_ready(name, spec, state, mine)
+                finally:
+                    if self.sequential:
+                        slots.release()
             self.ok[name] = healthy
             self._emit(name, "healthy" if healthy else "unhealthy", message, done=True)
         except DomainError as exc:
