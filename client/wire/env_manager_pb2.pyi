@@ -738,6 +738,7 @@ class ImagePullProgress(_message.Message):
     CURRENT_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     PROGRESS_PERCENT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     image_name: _builtins.str
     """Image the update is about."""
     status: _builtins.str
@@ -748,6 +749,8 @@ class ImagePullProgress(_message.Message):
     """Total bytes, when known (0 otherwise)."""
     progress_percent: _builtins.int
     """Progress, 0-100 (percent)."""
+    message: _builtins.str
+    """Added by agent-infra: the engine's words, e.g. why a pull failed."""
     def __init__(
         self,
         *,
@@ -756,10 +759,11 @@ class ImagePullProgress(_message.Message):
         current: _builtins.int = ...,
         total: _builtins.int = ...,
         progress_percent: _builtins.int = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "image_name", b"image_name", "progress_percent", b"progress_percent", "status", b"status", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "image_name", b"image_name", "message", b"message", "progress_percent", b"progress_percent", "status", b"status", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,7 +82,8 @@ class EnvManagerServicer(env_manager_pb2_grpc.EnvManagerServiceServicer):
         async for progress in pull_all(self._stack.engine, names):
             yield pb.ImagePullProgress(image_name=progress.image, status=progress.status,
                                        current=progress.current, total=progress.total,
-                                       progress_percent=progress.percent)
+                                       progress_percent=progress.percent,
+                                       message=progress.message)
 
     async def StreamLogs(self, request: pb.StreamLogsRequest, context: Context
                          ) -> AsyncIterator[pb.LogEntry]:

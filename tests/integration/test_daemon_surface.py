@@ -16,7 +16,12 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.samples import Sample
 
-from client.wire import env_manager_pb2, env_manager_pb2_grpc, orchestrator_pb2_grpc
+from client.wire import (
+    env_manager_pb2,
+    env_manager_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+)
 from tests.daemon_support import (
     DaemonProcess,
     eventually,
@@ -91,16 +96,11 @@ async def test_grpcurl_describe_shows_original_names(
         assert line in output, f"{line!r} missing from:\n{output}"
 
 
-async def test_unbuilt_rpc_answers_unimplemented(daemon: DaemonProcess) -> None:
-    channel = daemon.channel()
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        if daemon.name == "env-manager":
-            await env_manager_pb2_grpc.EnvManagerServiceStub(channel).GetServicesStatus(
-                env_manager_pb2.GetServicesStatusRequest(), timeout=10)
-        else:
-            from client.wire import orchestrator_pb2
-            await orchestrator_pb2_grpc.OrchestratorServiceStub(channel).GetMetrics(
-                orchestrator_pb2.GetMetricsRequest(), timeout=10)
+async def test_unbuilt_orchestrator_rpc_answers_unimplemented(tmp_path: Path) -> None:
+    async with running_daemon("orchestrator", tmp_path) as daemon:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(daemon.channel())
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.GetMetrics(orchestrator_pb2.GetMetricsRequest(), timeout=10)
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
