@@ -26,6 +26,9 @@ stop_daemon() {
 }
 
 if [[ "${1:-up}" == "down" ]]; then
+    if [[ -f "$STATE/env-manager.pid" ]]; then
+        "$BIN/python" "$REPO/examples/demo_workload.py" --stop || true
+    fi
     stop_daemon orchestrator
     stop_daemon env-manager
     exit 0
@@ -40,7 +43,7 @@ start_daemon() {
         echo "$name already answers on $addr"
         return 0
     fi
-    setsid "$BIN/$name" --log-format json >"$STATE/$name.log" 2>&1 </dev/null &
+    setsid env "${@:3}" "$BIN/$name" --log-format json >"$STATE/$name.log" 2>&1 </dev/null &
     echo $! >"$STATE/$name.pid"
     for _ in $(seq 1 100); do
         if "$BIN/grpcurl" -plaintext -max-time 1 "$addr" grpc.health.v1.Health/Check 2>/dev/null \
@@ -56,30 +59,15 @@ start_daemon() {
 }
 
 step "starting the daemons"
-start_daemon env-manager 127.0.0.1:50100
+start_daemon env-manager 127.0.0.1:50100 \
+    "ENV_MANAGER_CONFIG=$REPO/examples/demo-stack.toml" "ENV_MANAGER_STATE_DIR=$STATE/env-manager"
 start_daemon orchestrator 127.0.0.1:50052
 
 step "grpcurl list (server reflection, no .proto files needed)"
 "$BIN/grpcurl" -plaintext 127.0.0.1:50100 list
-"$BIN/grpcurl" -plaintext 127.0.0.1:50052 list
-
-step "grpc.health.v1 Check"
-"$BIN/grpcurl" -plaintext 127.0.0.1:50100 grpc.health.v1.Health/Check
 "$BIN/grpcurl" -plaintext 127.0.0.1:50052 grpc.health.v1.Health/Check
 
-step "HTTP /health and a few /metrics lines"
-"$BIN/python" - <<'EOF'
-import json, urllib.request
-for name, port in (("env-manager", 50101), ("orchestrator", 9097)):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-        print(name, json.loads(r.read()))
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        lines = [l for l in r.read().decode().splitlines() if l.startswith("grpc_server_handled")]
-        print("\n".join(lines[:3]))
-EOF
+step "the demo workload: the offline stack and task containers, through the Python client"
+(cd "$REPO" && "$BIN/python" examples/demo_workload.py)
 
-step "a workload container on the local Docker engine"
-docker run --rm --label org.agent-infra.demo=1 local/busybox:latest \
-    sh -c 'echo "hello from a task container on $(uname -sr)"'
-
-step "done: both daemons keep running; stop them with: scripts/demo.sh down"
+step "done: the stack and both daemons keep running; stop them with: scripts/demo.sh down"
