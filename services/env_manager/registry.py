@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
 
@@ -338,18 +338,3 @@ def _check_host_ports(services: Mapping[str, ServiceSpec]) -> None:
                         f"services.{name}.ports: host port {mapping.host_port}/{mapping.protocol}"
                         f" is already used by service {other!r}")
             seen.setdefault(key, []).append((name, mapping.host_ip))
-
-
-def levels(registry: Registry, names: Sequence[str]) -> list[list[str]]:
-    """`names` grouped by depth in the graph restricted to them: level 0 depends on none of them."""
-    depth: dict[str, int] = {}
-    chosen = set(names)
-    for name in registry.names:
-        if name in chosen:
-            deps = [d for d in registry.spec(name).depends_on if d in chosen]
-            depth[name] = 1 + max((depth[d] for d in deps), default=-1)
-    result: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-    for name in registry.names:
-        if name in depth:
-            result[depth[name]].append(name)
-    return result

@@ -21,7 +21,7 @@ from .docker.containers import ContainerState, Usage
 from .docker.engine import DockerEngine
 from .docker.logs import LogLine, container_logs
 from .probes import ProbeResult
-from .registry import Registry, ServiceSpec, apply_overrides, levels
+from .registry import Registry, ServiceSpec, apply_overrides
 from .startup import StartPlan, StatusUpdate
 
 log = get_logger("stack")
@@ -90,12 +90,25 @@ class StackManager:
         else:
             # Everything: the registry's services and any container of ours it no longer knows.
             targets = registry.names + sorted(set(existing) - set(registry.names))
-        results: dict[str, str] = {}
-        for level in reversed(_stop_levels(registry, targets)):
-            outcomes = await asyncio.gather(*(
-                self._stop_one(name, existing.get(name), timeout) for name in level
-            ))
-            results.update(zip(level, outcomes, strict=True))
+        # Each service stops as soon as what depends on it is gone: no level waits for its
+        # slowest member. Containers the registry no longer knows may depend on anything: they
+        # go first.
+        loop = asyncio.get_running_loop()
+        gone = {name: loop.create_future() for name in targets}
+        orphans = [name for name in targets if name not in registry]
+
+        async def stop_after_dependents(name: str) -> str:
+            try:
+                waits = orphans if name in registry else []
+                if name in registry:
+                    waits = waits + [d for d in registry.dependents(name) if d in gone]
+                await asyncio.gather(*(asyncio.shield(gone[d]) for d in waits))
+                return await self._stop_one(name, existing.get(name), timeout)
+            finally:
+                gone[name].set_result(None)
+
+        outcomes = await asyncio.gather(*(stop_after_dependents(name) for name in targets))
+        results = dict(zip(targets, outcomes, strict=True))
         return StopOutcome(all(not r.startswith("error") for r in results.values()), results)
 
     async def _stop_one(self, name: str, state: ContainerState | None,
@@ -189,14 +202,3 @@ class StackManager:
             raise NotFound(f"unknown service {name!r}")
         return state, container_logs(self.engine, state.id, follow=follow, tail=tail,
                                      since=since)
-
-
-def _stop_levels(registry: Registry, targets: list[str]) -> list[list[str]]:
-    """Targets grouped so each group depends only on earlier ones.
-
-    Containers the registry no longer knows may depend on anything: they go last, so they are
-    stopped first.
-    """
-    grouped = levels(registry, [n for n in targets if n in registry])
-    orphans = [n for n in targets if n not in registry]
-    return [*grouped, orphans] if orphans else grouped
