@@ -80,6 +80,21 @@ class OrchestratorServiceStub:
                 request_serializer=orchestrator__pb2.HealthRequest.SerializeToString,
                 response_deserializer=orchestrator__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.CancelTask = channel.unary_unary(
+                '/orchestrator.v1.OrchestratorService/CancelTask',
+                request_serializer=orchestrator__pb2.CancelTaskRequest.SerializeToString,
+                response_deserializer=orchestrator__pb2.CancelTaskResponse.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/orchestrator.v1.OrchestratorService/ListTasks',
+                request_serializer=orchestrator__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=orchestrator__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.ListWorkflows = channel.unary_unary(
+                '/orchestrator.v1.OrchestratorService/ListWorkflows',
+                request_serializer=orchestrator__pb2.ListWorkflowsRequest.SerializeToString,
+                response_deserializer=orchestrator__pb2.ListWorkflowsResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -149,6 +164,28 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelTask(self, request, context):
+        """Added by agent-infra (new RPCs only; nothing above changes).
+        Cancels a pending or running task; a terminal task is left as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasks(self, request, context):
+        """Lists tasks, newest first, with filters and paging.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkflows(self, request, context):
+        """Lists workflows (latest version of each).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +233,21 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=orchestrator__pb2.HealthRequest.FromString,
                     response_serializer=orchestrator__pb2.HealthResponse.SerializeToString,
+            ),
+            'CancelTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTask,
+                    request_deserializer=orchestrator__pb2.CancelTaskRequest.FromString,
+                    response_serializer=orchestrator__pb2.CancelTaskResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=orchestrator__pb2.ListTasksRequest.FromString,
+                    response_serializer=orchestrator__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'ListWorkflows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkflows,
+                    request_deserializer=orchestrator__pb2.ListWorkflowsRequest.FromString,
+                    response_serializer=orchestrator__pb2.ListWorkflowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +494,87 @@ class OrchestratorService:
             '/orchestrator.v1.OrchestratorService/Health',
             orchestrator__pb2.HealthRequest.SerializeToString,
             orchestrator__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.OrchestratorService/CancelTask',
+            orchestrator__pb2.CancelTaskRequest.SerializeToString,
+            orchestrator__pb2.CancelTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.OrchestratorService/ListTasks',
+            orchestrator__pb2.ListTasksRequest.SerializeToString,
+            orchestrator__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkflows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.OrchestratorService/ListWorkflows',
+            orchestrator__pb2.ListWorkflowsRequest.SerializeToString,
+            orchestrator__pb2.ListWorkflowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

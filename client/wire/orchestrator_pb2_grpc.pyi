@@ -61,6 +61,14 @@ class OrchestratorServiceStub:
     """Streams system events until the caller cancels."""
     Health: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.HealthRequest, _orchestrator_pb2.HealthResponse]
     """Reports the orchestrator's health and version."""
+    CancelTask: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.CancelTaskRequest, _orchestrator_pb2.CancelTaskResponse]
+    """Added by agent-infra (new RPCs only; nothing above changes).
+    Cancels a pending or running task; a terminal task is left as it is.
+    """
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListTasksRequest, _orchestrator_pb2.ListTasksResponse]
+    """Lists tasks, newest first, with filters and paging."""
+    ListWorkflows: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWorkflowsRequest, _orchestrator_pb2.ListWorkflowsResponse]
+    """Lists workflows (latest version of each)."""
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -85,6 +93,14 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """Streams system events until the caller cancels."""
     Health: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.HealthRequest, _orchestrator_pb2.HealthResponse]  # type: ignore[assignment]
     """Reports the orchestrator's health and version."""
+    CancelTask: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.CancelTaskRequest, _orchestrator_pb2.CancelTaskResponse]  # type: ignore[assignment]
+    """Added by agent-infra (new RPCs only; nothing above changes).
+    Cancels a pending or running task; a terminal task is left as it is.
+    """
+    ListTasks: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListTasksRequest, _orchestrator_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """Lists tasks, newest first, with filters and paging."""
+    ListWorkflows: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWorkflowsRequest, _orchestrator_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
+    """Lists workflows (latest version of each)."""
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The orchestrator, dialled by agents (the Python client) on ORCHESTRATOR_GRPC_ADDR."""
@@ -160,5 +176,31 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.HealthResponse, _abc.Awaitable[_orchestrator_pb2.HealthResponse]]:
         """Reports the orchestrator's health and version."""
+
+    @_abc_1.abstractmethod
+    def CancelTask(
+        self,
+        request: _orchestrator_pb2.CancelTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.CancelTaskResponse, _abc.Awaitable[_orchestrator_pb2.CancelTaskResponse]]:
+        """Added by agent-infra (new RPCs only; nothing above changes).
+        Cancels a pending or running task; a terminal task is left as it is.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTasks(
+        self,
+        request: _orchestrator_pb2.ListTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ListTasksResponse, _abc.Awaitable[_orchestrator_pb2.ListTasksResponse]]:
+        """Lists tasks, newest first, with filters and paging."""
+
+    @_abc_1.abstractmethod
+    def ListWorkflows(
+        self,
+        request: _orchestrator_pb2.ListWorkflowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ListWorkflowsResponse, _abc.Awaitable[_orchestrator_pb2.ListWorkflowsResponse]]:
+        """Lists workflows (latest version of each)."""
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

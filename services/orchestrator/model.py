@@ -1,0 +1,84 @@
+"""The orchestrator's records: tasks and events, as the store keeps them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
+
+TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """What a caller submits; two requests with the same id must be equal to be idempotent."""
+
+    id: str
+    task_class: str
+    payload: Mapping[str, str]
+    priority: int = 0
+    workflow_id: str = ""
+    timeout_seconds: int = 0  # 0: the payload's or the class's default
+    max_attempts: int = 0  # 0: the class's default
+
+    def content_hash(self) -> str:
+        canonical = json.dumps(
+            [self.task_class, dict(sorted(self.payload.items())), self.priority,
+             self.workflow_id, self.timeout_seconds, self.max_attempts],
+            separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Task:
+    id: str
+    task_class: str
+    payload: dict[str, str]
+    priority: int
+    workflow_id: str
+    timeout_seconds: int
+    max_attempts: int
+    content_hash: str
+    seq: int  # submit order, for FIFO within a priority
+    submitted_at: float
+    status: TaskState = TaskState.PENDING
+    attempts: int = 0  # executions started (a transient dispatch retry is not a new one)
+    result: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    run_id: str = ""  # set when the task is a workflow step
+    step_id: str = ""
+
+    @property
+    def duration_ms(self) -> float:
+        if not self.started_at or not self.finished_at:
+            return 0.0
+        return (self.finished_at - self.started_at) * 1000
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    event_type: str
+    resource_id: str
+    data: dict[str, str]
+    timestamp: float

@@ -1,0 +1,218 @@
+"""The durable store: one SQLite file in WAL mode, written with group commits.
+
+Every write is a small function run inside a transaction on the writer thread. Writes that arrive
+while a commit is in flight wait and go together in the next transaction, so one fsync covers
+many acknowledged submits: durability at the cost of one disk flush per batch, not per call.
+Each write runs in its own savepoint, so one failing write never takes its batch-mates down.
+
+Events are inserted by the same transaction as the change they describe and published to
+subscribers only after the commit, in sequence order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from services.runtime.errors import Unavailable
+from services.runtime.logs import get_logger
+
+from .model import Event
+
+T = TypeVar("T")
+log = get_logger("store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    task_class TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    workflow_id TEXT NOT NULL,
+    timeout_seconds INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    submitted_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT NOT NULL DEFAULT '{}',
+    error TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL DEFAULT 0,
+    finished_at REAL NOT NULL DEFAULT 0,
+    run_id TEXT NOT NULL DEFAULT '',
+    step_id TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, task_class);
+CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks (workflow_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
+"""
+
+
+@dataclass
+class Tx:
+    """One write's view of the transaction: the connection, and events to publish on commit."""
+
+    conn: sqlite3.Connection
+    events: list[Event] = field(default_factory=list)
+
+    def event(self, event_type: str, resource_id: str, data: dict[str, str] | None = None,
+              ) -> Event:
+        now = time.time()
+        payload = data or {}
+        cursor = self.conn.execute(
+            "INSERT INTO events (event_type, resource_id, data, ts) VALUES (?, ?, ?, ?)",
+            (event_type, resource_id, json.dumps(payload), now))
+        event = Event(int(cursor.lastrowid or 0), event_type, resource_id, payload, now)
+        self.events.append(event)
+        return event
+
+
+@dataclass
+class _Write(Generic[T]):
+    apply: Callable[[Tx], T]
+    future: asyncio.Future[T]
+
+
+class Store:
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="store-write")
+        self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="store-read")
+        self._pending: list[_Write[Any]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.listeners: list[Callable[[list[Event]], None]] = []
+        self.commits = 0
+        self.writes = 0
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def connect() -> tuple[sqlite3.Connection, sqlite3.Connection]:
+            writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            writer.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk (fsync) before any write in it is acknowledged.
+            writer.execute("PRAGMA synchronous=FULL")
+            writer.execute("PRAGMA busy_timeout=5000")
+            writer.executescript(SCHEMA)
+            reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            reader.execute("PRAGMA busy_timeout=5000")
+            return writer, reader
+
+        try:
+            writer, reader = await asyncio.to_thread(connect)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"store {path} cannot be opened: {exc}") from exc
+        store = cls(path, writer, reader)
+        store._loop_task = asyncio.get_running_loop().create_task(store._commit_loop())
+        return store
+
+    async def write(self, apply: Callable[[Tx], T]) -> T:
+        """Run `apply` in the next group commit; returns once it is on disk."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Write(apply, future))
+        self._idle.clear()
+        self._wake.set()
+        return await future
+
+    async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `query` on the reader connection (WAL: readers never wait for the writer)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._read_thread, query, self._reader)
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                self._idle.set()
+                continue
+            try:
+                outcomes, events = await loop.run_in_executor(
+                    self._write_thread, self._commit, batch)
+            except sqlite3.Error as exc:
+                error = Unavailable(f"store {self.path} write failed: {exc}")
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(error)
+                if not self._pending:
+                    self._idle.set()
+                continue
+            self.commits += 1
+            self.writes += len(batch)
+            for write, (ok, value) in zip(batch, outcomes, strict=True):
+                if write.future.done():
+                    continue
+                if ok:
+                    write.future.set_result(value)
+                else:
+                    write.future.set_exception(value)
+            if events:
+                for listener in self.listeners:
+                    listener(events)
+            if not self._pending:
+                self._idle.set()
+
+    def _commit(self, batch: list[_Write[Any]]) -> tuple[list[tuple[bool, Any]], list[Event]]:
+        conn = self._writer
+        outcomes: list[tuple[bool, Any]] = []
+        events: list[Event] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for write in batch:
+                tx = Tx(conn)
+                conn.execute("SAVEPOINT one_write")
+                try:
+                    value = write.apply(tx)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO one_write")
+                    conn.execute("RELEASE one_write")
+                    outcomes.append((False, exc))
+                    continue
+                conn.execute("RELEASE one_write")
+                outcomes.append((True, value))
+                events.extend(tx.events)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes, events
+
+    async def check_writable(self) -> None:
+        """A real write and commit: the Health RPC's proof that the store works."""
+        await self.write(lambda tx: tx.conn.execute(
+            "CREATE TABLE IF NOT EXISTS health_probe (at REAL)").fetchall())
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            # Let queued and in-flight writes finish before the connections go.
+            await self._idle.wait()
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self._write_thread, self._writer.close)
+        await asyncio.get_running_loop().run_in_executor(self._read_thread, self._reader.close)
+        self._write_thread.shutdown(wait=True)
+        self._read_thread.shutdown(wait=True)
