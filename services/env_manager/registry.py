@@ -220,7 +220,7 @@ class Registry:
 
     def __init__(self, services: Mapping[str, ServiceSpec]) -> None:
         for name in services:
-            if not re.match(NAME_PATTERN, name):
+            if not re.fullmatch(NAME_PATTERN, name):
                 raise ValueError(f"services.{name}: a service name is lower-case letters, digits, "
                                  "'-', '_' or '.', starting with a letter or digit")
         self._services = dict(services)

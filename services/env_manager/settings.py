@@ -74,7 +74,7 @@ SPEC = ConfigSpec(
     options=[
         # The original's flag-like variable; ENV_MANAGER_LOG_LEVEL (below) wins over it.
         Option("log.level", "debug logging when true", "ENV_MANAGER_VERBOSE",
-               env_value=lambda text: "debug" if truthy(text) else None),
+               convert=lambda text: "debug" if truthy(text) else None),
         *common_options("ENV_MANAGER", http_addr_env="ENV_MANAGER_METRICS_ADDR"),
         Option("docker.host", "Docker engine address", "DOCKER_HOST", "--docker-host"),
         Option("stack.max_concurrent", "containers started at once",

@@ -45,7 +45,7 @@ class TaskSpec:
 
 
 def check_task_id(task_id: str) -> str:
-    if not TASK_ID_PATTERN.match(task_id):
+    if not TASK_ID_PATTERN.fullmatch(task_id):
         raise InvalidArgument("task_id must be 1-128 characters of letters, digits and - _ . : ; "
                               f"got {task_id!r:.140}")
     return task_id

@@ -1,19 +1,24 @@
-"""orchestrator's half of the daemon: its servicer on the shared runtime."""
+"""orchestrator's half of the daemon: its domain, servicer and HTTP routes on the shared runtime."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import grpc
+from aiohttp import web
 
 from client.wire import orchestrator_pb2, orchestrator_pb2_grpc
-from services.runtime import DaemonApp
+from services.runtime import DaemonApp, DaemonContext, package_version
 
+from .http_api import queue_routes
+from .scheduler import Scheduler
+from .service import Orchestrator
+from .servicer import OrchestratorServicer
 from .settings import OrchestratorSettings
+from .store import Store
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
-
-
-class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    """Translates orchestrator.v1 to the queue domain (RPCs arrive with the orchestrator issue)."""
 
 
 class OrchestratorApp(DaemonApp):
@@ -21,8 +26,42 @@ class OrchestratorApp(DaemonApp):
 
     def __init__(self, settings: OrchestratorSettings) -> None:
         self._settings = settings
+        self._orchestrator: Orchestrator | None = None
+        self._context: DaemonContext | None = None
+
+    def _domain(self) -> Orchestrator:
+        assert self._orchestrator is not None, "RPCs are served only after start()"
+        return self._orchestrator
 
     def register(self, server: grpc.aio.Server) -> None:
-        # Until each RPC is built, the generated base answers UNIMPLEMENTED.
-        servicer = OrchestratorServicer()  # type: ignore[abstract]
-        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+            OrchestratorServicer(self._domain, package_version()), server)
+
+    def http_routes(self) -> Sequence[web.RouteDef]:
+        def store_and_scheduler() -> tuple[Store, Scheduler]:
+            domain = self._domain()
+            return domain.store, domain.scheduler
+
+        def authorize(header: str | None) -> bool:
+            return self._context is None or self._context.authorize(header)
+
+        return queue_routes(store_and_scheduler, authorize)
+
+    async def start(self, context: DaemonContext) -> None:
+        self._context = context
+        self._orchestrator = await Orchestrator.open(self._settings, context.registry)
+
+    async def readiness(self) -> tuple[bool, str]:
+        states = await self._domain().health()
+        store = states.get("store", "")
+        # env-manager being down is not ours to fix: tasks wait for it. The store is.
+        return store == "SERVING", "serving" if store == "SERVING" else store
+
+    async def reload(self, settings: Any) -> None:
+        assert isinstance(settings, OrchestratorSettings)
+        self._settings = settings
+        self._domain().reconfigure(settings)
+
+    async def stop(self) -> None:
+        if self._orchestrator is not None:
+            await self._orchestrator.close()

@@ -60,13 +60,26 @@ class Task:
     seq: int  # submit order, for FIFO within a priority
     submitted_at: float
     status: TaskState = TaskState.PENDING
-    attempts: int = 0  # executions started (a transient dispatch retry is not a new one)
+    attempts: int = 0  # dispatches started, bounded by max_attempts
+    execution: int = 0  # bumped when the task itself failed and is run afresh
     result: dict[str, str] = field(default_factory=dict)
     error: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0
     run_id: str = ""  # set when the task is a workflow step
     step_id: str = ""
+
+    @property
+    def execution_id(self) -> str:
+        """The id env-manager runs this execution under: stable across dispatch retries and
+        orchestrator restarts, so a retried dispatch attaches instead of running twice."""
+        if self.execution == 0:
+            return self.id
+        suffix = f":r{self.execution}"
+        if len(self.id) + len(suffix) <= 128:
+            return self.id + suffix
+        digest = hashlib.sha256(self.id.encode()).hexdigest()[:8]
+        return f"{self.id[:128 - len(suffix) - 9]}.{digest}{suffix}"
 
     @property
     def duration_ms(self) -> float:

@@ -1,19 +1,118 @@
-"""orchestrator's settings: the shared daemon keys (queue and store keys come with the queue)."""
+"""orchestrator's settings: the shared daemon keys plus the queue, the store and dispatch."""
 
 from __future__ import annotations
 
-from services.runtime import ConfigSpec, DaemonSettings, common_options
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from services.runtime import ConfigSpec, DaemonSettings, Duration, Option, Section, common_options
+
+CLASS_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+class ClassSettings(Section):
+    """One workload class's queue."""
+
+    # Live-reloadable: raising it dispatches more at once; lowering it lets running tasks finish.
+    concurrency: int = Field(4, ge=0, le=10_000)
+    max_backlog: int = Field(100_000, ge=1, description="pending tasks before submits are refused")
+    default_timeout: Duration = Field(300.0, gt=0)
+    max_attempts: int = Field(5, ge=1, le=100)
+
+
+class StoreSettings(Section):
+    data_dir: Path = Path.home() / ".local/state/agent-infra/orchestrator"
+
+
+class EnvManagerEndpoint(Section):
+    address: str = "127.0.0.1:50100"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    token_file: Path | None = None
+
+
+class DispatchSettings(Section):
+    """Backoff between attempts of one task: initial, doubling with jitter, capped."""
+
+    retry_initial: Duration = Field(0.5, gt=0)
+    retry_max: Duration = Field(30.0, gt=0)
+    # How long dispatching waits for some env-manager to answer before it tries anyway.
+    availability_check: Duration = Field(2.0, gt=0)
+
+
+class EventSettings(Section):
+    retention: Duration = Field(7 * 24 * 3600.0, gt=0)
+    max_events: int = Field(1_000_000, ge=1000)
+
+
+class LimitSettings(Section):
+    max_payload_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
+class SlurmSettings(Section):
+    """The gpu_slurm class's executor; without it, gpu_slurm submits are refused."""
+
+    enabled: bool = False
+    partition: str = ""
+    sbatch: str = "sbatch"
+    squeue: str = "squeue"
+    sacct: str = "sacct"
+    poll_interval: Duration = Field(5.0, gt=0)
+
+
+DEFAULT_CLASSES = {
+    "cpu_short": {"concurrency": 4, "default_timeout": 300.0},
+    "cpu_long": {"concurrency": 2, "default_timeout": 3600.0},
+    "gpu": {"concurrency": 1, "default_timeout": 3600.0},
+    "gpu_slurm": {"concurrency": 4, "default_timeout": 3600.0},
+}
 
 
 class OrchestratorSettings(DaemonSettings):
-    pass
+    store: StoreSettings = StoreSettings()
+    classes: dict[str, ClassSettings] = Field(default_factory=dict)
+    env_managers: list[EnvManagerEndpoint] = Field(default_factory=lambda: [EnvManagerEndpoint()])
+    dispatch: DispatchSettings = DispatchSettings()
+    events: EventSettings = EventSettings()
+    limits: LimitSettings = LimitSettings()
+    slurm: SlurmSettings = SlurmSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        import re
+
+        for name in self.classes:
+            if not re.fullmatch(CLASS_NAME_PATTERN, name):
+                raise ValueError(f"classes.{name}: a class name is lower-case letters, digits "
+                                 "and '_', starting with a letter")
+        if not self.classes:
+            raise ValueError("classes: at least one workload class is needed")
+        if not self.env_managers:
+            raise ValueError("env_managers: at least one endpoint is needed")
+        return self
+
+
+def _env_manager_list(text: str) -> list[dict[str, str]]:
+    return [{"address": address.strip()} for address in text.split(",") if address.strip()]
 
 
 SPEC = ConfigSpec(
     daemon="orchestrator",
     description="Durable task queue, workflows and events (orchestrator.v1).",
     model=OrchestratorSettings,
-    defaults={"server": {"grpc_addr": "127.0.0.1:50052", "http_addr": "127.0.0.1:9097"}},
+    defaults={
+        "server": {"grpc_addr": "127.0.0.1:50052", "http_addr": "127.0.0.1:9097"},
+        "classes": DEFAULT_CLASSES,
+    },
     config_env="ORCHESTRATOR_CONFIG",
-    options=common_options("ORCHESTRATOR", http_addr_env="ORCHESTRATOR_HTTP_ADDR"),
+    options=[
+        *common_options("ORCHESTRATOR", http_addr_env="ORCHESTRATOR_HTTP_ADDR"),
+        Option("store.data_dir", "where the task store (SQLite) lives", "ORCHESTRATOR_DATA_DIR",
+               "--data-dir"),
+        Option("env_managers", "env-manager address(es), comma-separated",
+               "ORCHESTRATOR_ENV_MANAGERS", "--env-managers", convert=_env_manager_list),
+    ],
 )

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     submitted_at REAL NOT NULL,
     status TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    execution INTEGER NOT NULL DEFAULT 0,
     result TEXT NOT NULL DEFAULT '{}',
     error TEXT NOT NULL DEFAULT '',
     started_at REAL NOT NULL DEFAULT 0,

@@ -26,6 +26,13 @@ class TokenAuth:
         self._token = token.encode() if token else None
         self._open = frozenset(open_services)
 
+    def allows(self, authorization: str | None) -> bool:
+        """Whether an `authorization` header value (HTTP or gRPC) carries the right token."""
+        if self._token is None:
+            return True
+        presented = _bearer([("authorization", authorization)] if authorization else [])
+        return presented is not None and hmac.compare_digest(presented, self._token)
+
     async def __call__(
         self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any], invoke: Invoke
     ) -> Any:

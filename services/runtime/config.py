@@ -28,16 +28,16 @@ class ConfigError(Exception):
 class Option:
     """One setting reachable from the environment and/or a flag.
 
-    `key` is the dotted TOML path ("server.grpc_addr"). `env_value` turns the variable's text into
-    the setting's value, or None to leave the setting alone (used for flag-like variables such as
-    ENV_MANAGER_VERBOSE).
+    `key` is the dotted TOML path ("server.grpc_addr"). `convert` turns the variable's or the
+    flag's text into the setting's value, or None to leave the setting alone (used for flag-like
+    variables such as ENV_MANAGER_VERBOSE).
     """
 
     key: str
     help: str
     env: str | None = None
     flag: str | None = None
-    env_value: Callable[[str], object | None] | None = None
+    convert: Callable[[str], object | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,12 +96,14 @@ def load_config(
         if option.env is None or option.env not in environ:
             continue
         raw = environ[option.env]
-        value = option.env_value(raw) if option.env_value else raw
+        value = option.convert(raw) if option.convert else raw
         if value is not None:
             _set(values, sources, option.key, value, f"env {option.env}")
 
     for option in spec.options:
         value = getattr(args, _dest(option), None) if option.flag else None
+        if value is not None and option.convert:
+            value = option.convert(value)
         if value is not None:
             _set(values, sources, option.key, value, f"flag {option.flag}")
 

@@ -15,7 +15,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,8 @@ class DaemonContext:
     registry: CollectorRegistry
     closing: asyncio.Event
     health: HealthState
+    # Checks an HTTP `Authorization` header against the daemon's token (True when auth is off).
+    authorize: Callable[[str | None], bool]
 
 
 class DaemonApp:
@@ -200,7 +202,8 @@ class Daemon:
             raise StartupError(f"cannot listen on HTTP {cfg.http_addr}: {exc.strerror}") from exc
         await server.start()
         await self._app.start(
-            DaemonContext(self._settings, self._registry, self._closing, self.health)
+            DaemonContext(self._settings, self._registry, self._closing, self.health,
+                          self._auth.allows)
         )
         self._spawn(self._notifier.run_watchdog())
         await self.health.set(*await self._app.readiness())

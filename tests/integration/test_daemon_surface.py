@@ -19,8 +19,6 @@ from prometheus_client.samples import Sample
 from client.wire import (
     env_manager_pb2,
     env_manager_pb2_grpc,
-    orchestrator_pb2,
-    orchestrator_pb2_grpc,
 )
 from tests.daemon_support import (
     DaemonProcess,
@@ -94,14 +92,6 @@ async def test_grpcurl_describe_shows_original_names(
     assert code == 0, output
     for line in expected:
         assert line in output, f"{line!r} missing from:\n{output}"
-
-
-async def test_unbuilt_orchestrator_rpc_answers_unimplemented(tmp_path: Path) -> None:
-    async with running_daemon("orchestrator", tmp_path) as daemon:
-        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(daemon.channel())
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await stub.GetMetrics(orchestrator_pb2.GetMetricsRequest(), timeout=10)
-    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_metrics_count_rpcs_by_code(daemon: DaemonProcess) -> None:

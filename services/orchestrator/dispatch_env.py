@@ -1,0 +1,120 @@
+"""Dispatch to env-manager's ExecuteTask through the typed client, over one or more endpoints.
+
+With several endpoints, a task goes to one reporting free capacity for its class (from
+GetResourceAvailability, cached briefly). An endpoint that cannot be reached is a transient
+failure: the scheduler retries the same execution id, which env-manager attaches to or answers
+from its stored result, so a task never runs twice because of a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+
+from client import ConnectionConfig, EnvManagerClient
+from client.errors import DeadlineExceeded, InfraError, InfraUnavailable
+from services.runtime.errors import FailedPrecondition
+from services.runtime.logs import get_logger
+
+from .executor import Execution, ExecutionOutcome, TransientFailure
+from .settings import EnvManagerEndpoint
+
+log = get_logger("dispatch")
+
+AVAILABILITY_TTL = 1.0
+
+
+class EnvManagerExecutor:
+    def __init__(self, endpoints: Sequence[EnvManagerEndpoint], recheck_interval: float,
+                 unsupported: dict[str, str] | None = None) -> None:
+        self._clients = [EnvManagerClient(config=ConnectionConfig(
+            address=e.address, ca_file=e.ca_file, cert_file=e.cert_file, key_file=e.key_file,
+            token_file=e.token_file, connect_timeout=2.0)) for e in endpoints]
+        self._round_robin = itertools.cycle(range(len(self._clients)))
+        self._free: dict[tuple[int, str], tuple[float, int]] = {}
+        self._reachable = asyncio.Event()
+        self._reachable.set()
+        self._recheck_interval = recheck_interval
+        # Classes other executors own (gpu_slurm without Slurm): why they cannot run here.
+        self._unsupported = dict(unsupported or {})
+
+    def supports(self, task_class: str) -> str:
+        return self._unsupported.get(task_class, "")
+
+    async def execute(self, execution: Execution) -> ExecutionOutcome:
+        if reason := self.supports(execution.task_class):
+            raise FailedPrecondition(reason)
+        client = self._clients[await self._pick(execution.task_class)]
+        try:
+            answer = await client.execute_task(
+                execution.execution_id, execution.task_class, execution.payload,
+                timeout_seconds=execution.timeout_seconds)
+        except (InfraUnavailable, DeadlineExceeded) as exc:
+            self._reachable.clear()
+            raise TransientFailure(f"env-manager {client.address}: {exc.details}") from None
+        except InfraError as exc:
+            # env-manager refused the task as given (bad payload, disallowed image...).
+            return ExecutionOutcome(False, {}, f"env-manager refused the task: {exc.details}")
+        self._reachable.set()
+        return ExecutionOutcome(answer.success, dict(answer.result), answer.error)
+
+    async def _pick(self, task_class: str) -> int:
+        if len(self._clients) == 1:
+            return 0
+        now = time.monotonic()
+
+        async def free(index: int) -> int:
+            cached = self._free.get((index, task_class))
+            if cached and now - cached[0] < AVAILABILITY_TTL:
+                return cached[1]
+            try:
+                found = await self._clients[index].get_resource_availability(
+                    task_class, timeout=2.0)
+                room = found.capacity - found.in_use if found.available else 0
+            except InfraError:
+                room = -1
+            self._free[(index, task_class)] = (now, room)
+            return room
+
+        rooms = await asyncio.gather(*(free(i) for i in range(len(self._clients))))
+        best = max(range(len(rooms)), key=lambda i: rooms[i])
+        if rooms[best] > 0:
+            self._free[(best, task_class)] = (now, rooms[best] - 1)
+            return best
+        # Nobody reports room: spread the waiting evenly (env-manager queues per class).
+        return next(self._round_robin)
+
+    async def wait_until_available(self, task_class: str) -> None:
+        """While env-manager is unreachable, hold dispatching (tasks wait, queued) and re-check."""
+        while not self._reachable.is_set():
+            if await self._any_answers():
+                self._reachable.set()
+                log.info("env_manager_back")
+                return
+            try:
+                await asyncio.wait_for(self._reachable.wait(), self._recheck_interval)
+            except TimeoutError:
+                continue
+
+    async def _any_answers(self) -> bool:
+        states = await self.health()
+        return any(state == "SERVING" for state in states.values())
+
+    async def health(self) -> dict[str, str]:
+        async def one(client: EnvManagerClient) -> str:
+            try:
+                await client.connect()
+                await client.get_resource_availability("cpu_short", timeout=2.0)
+            except InfraUnavailable as exc:
+                return f"UNAVAILABLE: {exc.details}"
+            except InfraError:
+                return "SERVING"  # it answered, even if it knows no such class
+            return "SERVING"
+
+        states = await asyncio.gather(*(one(c) for c in self._clients))
+        return {f"env-manager {c.address}": s for c, s in zip(self._clients, states, strict=True)}
+
+    async def close(self) -> None:
+        await asyncio.gather(*(client.close() for client in self._clients))

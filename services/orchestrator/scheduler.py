@@ -1,0 +1,321 @@
+"""The task queue: per-class priority queues, concurrency limits, dispatch, retries, recovery.
+
+Each class has its own queue (priority first, then submit order) and its own dispatch loop, so a
+full class never holds another back. A task is stored before its submit is acknowledged; at start
+the store's unfinished tasks are queued again, running ones included: they are re-dispatched under
+the same execution id, which env-manager attaches to instead of running a second container.
+Whatever happens to one task (its failure, an executor error, a bug) ends that task only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from services.runtime.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from services.runtime.logs import get_logger
+
+from . import tasks_repo
+from .executor import CONTROL_KEYS, Execution, Executor, TransientFailure
+from .metrics import OrchestratorMetrics
+from .model import TASK_ID_PATTERN, Task, TaskRequest, TaskState
+from .settings import ClassSettings, DispatchSettings, LimitSettings
+from .store import Store
+
+log = get_logger("scheduler")
+
+TaskListener = Callable[[Task], None]
+
+
+@dataclass
+class ClassQueue:
+    name: str
+    settings: ClassSettings
+    heap: list[tuple[int, int, str]] = field(default_factory=list)
+    queued: set[str] = field(default_factory=set)
+    running: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, task: Task) -> None:
+        heapq.heappush(self.heap, (-task.priority, task.seq, task.id))
+        self.queued.add(task.id)
+        self.wake.set()
+
+    def pop(self) -> str | None:
+        while self.heap:
+            _, _, task_id = heapq.heappop(self.heap)
+            if task_id in self.queued:
+                self.queued.discard(task_id)
+                return task_id
+        return None
+
+    @property
+    def can_dispatch(self) -> bool:
+        return bool(self.queued) and self.running < self.settings.concurrency
+
+
+class Scheduler:
+    def __init__(self, store: Store, executor: Executor, classes: Mapping[str, ClassSettings],
+                 dispatch: DispatchSettings, limits: LimitSettings,
+                 metrics: OrchestratorMetrics) -> None:
+        self._store = store
+        self._executor = executor
+        self._queues = {name: ClassQueue(name, s) for name, s in classes.items()}
+        self._dispatch = dispatch
+        self._limits = limits
+        self._metrics = metrics
+        self._live: dict[str, Task] = {}  # every non-terminal task
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._seq = 0
+        self.listeners: list[TaskListener] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Queue what the store holds unfinished; returns how many tasks were recovered."""
+        self._seq = await self._store.read(tasks_repo.max_seq)
+        recovered = await self._store.read(tasks_repo.unfinished)
+        for task in recovered:
+            queue = self._queues.get(task.task_class)
+            if queue is None:
+                await self._finish(task, TaskState.FAILED, {},
+                                   f"class {task.task_class!r} is no longer configured")
+                continue
+            self._live[task.id] = task
+            queue.push(task)
+        for queue in self._queues.values():
+            self._report(queue)
+            self._loops.append(asyncio.get_running_loop().create_task(self._dispatch_loop(queue)))
+        if recovered:
+            log.info("tasks_recovered", count=len(recovered))
+        return len(recovered)
+
+    async def stop(self) -> None:
+        """Stop dispatching; running executions are left to finish on their backends."""
+        for task in [*self._loops, *self._runs.values()]:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._runs.values(), return_exceptions=True)
+
+    def reconfigure(self, classes: Mapping[str, ClassSettings]) -> None:
+        """New limits apply at once; a class removed from config keeps draining what it has."""
+        for name, settings in classes.items():
+            queue = self._queues.get(name)
+            if queue is None:
+                queue = self._queues[name] = ClassQueue(name, settings)
+                self._loops.append(
+                    asyncio.get_running_loop().create_task(self._dispatch_loop(queue)))
+            queue.settings = settings
+            queue.wake.set()
+
+    # -- submit, cancel, read ------------------------------------------------------------------
+
+    async def submit(self, request: TaskRequest, *, run_id: str = "", step_id: str = ""
+                     ) -> tuple[Task, bool]:
+        request = self._validated(request)
+        queue = self._queues[request.task_class]
+        self._seq += 1
+        seq = self._seq
+        existing = self._live.get(request.id)
+        if existing is None and len(queue.queued) >= queue.settings.max_backlog:
+            raise ResourceExhausted(
+                f"class {request.task_class!r} has {len(queue.queued)} pending tasks, its "
+                f"max_backlog; retry later")
+        submitted = await self._store.write(
+            lambda tx: tasks_repo.insert(tx, request, seq, run_id, step_id))
+        task = submitted.task
+        if submitted.created:
+            self._live[task.id] = task
+            queue.push(task)
+            self._metrics.submitted(task.task_class)
+            self._report(queue)
+            self._notify(task)
+        return task, submitted.created
+
+    def _validated(self, request: TaskRequest) -> TaskRequest:
+        if not request.id:
+            request = replace(request, id=f"task-{uuid.uuid4().hex}")
+        elif not TASK_ID_PATTERN.fullmatch(request.id):
+            raise InvalidArgument("id must be 1-128 characters of letters, digits and - _ . : ; "
+                                  f"got {request.id!r:.140}")
+        if request.task_class not in self._queues:
+            raise InvalidArgument(f"class {request.task_class!r:.40} is unknown; known classes: "
+                                  f"{', '.join(sorted(self._queues))}")
+        if reason := self._executor.supports(request.task_class):
+            raise FailedPrecondition(reason)
+        size = sum(len(k) + len(v) for k, v in request.payload.items())
+        if size > self._limits.max_payload_bytes:
+            raise ResourceExhausted(f"payload is {size} bytes; the limit is "
+                                    f"{self._limits.max_payload_bytes}")
+        for key in ("timeout_seconds", "max_attempts"):
+            if key in request.payload and not request.payload[key].strip().isdigit():
+                raise InvalidArgument(f"payload.{key} must be a whole number of "
+                                      f"{'seconds' if key == 'timeout_seconds' else 'attempts'}")
+        if request.timeout_seconds < 0 or request.max_attempts < 0:
+            raise InvalidArgument("timeout_seconds and max_attempts must be 0 (default) or more")
+        return request
+
+    async def cancel(self, task_id: str) -> Task:
+        task = self._live.get(task_id)
+        if task is None:
+            return await self.get(task_id)  # already terminal (or NotFound)
+        await self._finish(task, TaskState.CANCELLED, {}, "cancelled by request")
+        self._queues[task.task_class].queued.discard(task_id)
+        run = self._runs.get(task_id)
+        if run is not None:
+            run.cancel()
+        return task
+
+    async def get(self, task_id: str) -> Task:
+        live = self._live.get(task_id)
+        if live is not None:
+            return replace(live)
+        found = await self._store.read(lambda conn: tasks_repo.get(conn, task_id))
+        if found is None:
+            raise NotFound(f"task {task_id!r:.140} not found")
+        return found
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        stored = await self._store.read(lambda conn: tasks_repo.get_many(conn, list(task_ids)))
+        return [replace(self._live[t.id]) if t.id in self._live else t for t in stored]
+
+    def queue_depths(self) -> dict[str, tuple[int, int]]:
+        """class -> (pending, running) right now."""
+        return {name: (len(q.queued), q.running) for name, q in self._queues.items()}
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self, queue: ClassQueue) -> None:
+        while True:
+            while not queue.can_dispatch:
+                queue.wake.clear()
+                await queue.wake.wait()
+            await self._executor.wait_until_available(queue.name)
+            task_id = queue.pop()
+            if task_id is None or task_id not in self._live:
+                continue
+            queue.running += 1
+            self._report(queue)
+            run = asyncio.get_running_loop().create_task(self._run(self._live[task_id], queue))
+            self._runs[task_id] = run
+
+    async def _run(self, task: Task, queue: ClassQueue) -> None:
+        requeue_after: float | None = None
+        try:
+            requeue_after = await self._attempt(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug in one task's path must not stop the scheduler: that task fails, with why.
+            log.exception("task_crashed", task_id=task.id)
+            await self._finish(task, TaskState.FAILED, {}, f"internal error: {exc}")
+        finally:
+            self._runs.pop(task.id, None)
+            queue.running -= 1
+            queue.wake.set()
+            self._report(queue)
+        if requeue_after is not None and task.id in self._live:
+            asyncio.get_running_loop().call_later(requeue_after, self._requeue, task)
+
+    def _requeue(self, task: Task) -> None:
+        if task.id in self._live and task.status is TaskState.PENDING:
+            self._queues[task.task_class].push(task)
+            self._report(self._queues[task.task_class])
+
+    async def _attempt(self, task: Task) -> float | None:
+        """Run one dispatch of the task; the delay before it is queued again, or None."""
+        # A task found running after a restart resumes the same attempt: not a new one.
+        attempt = task.attempts if task.status is TaskState.RUNNING else task.attempts + 1
+        if not await self._store.write(lambda tx: tasks_repo.mark_running(tx, task.id, attempt)):
+            return None
+        waited = time.time() - task.submitted_at
+        task.status, task.attempts, task.started_at = TaskState.RUNNING, attempt, time.time()
+        self._metrics.started(task.task_class, waited)
+        self._notify(task)
+        execution = Execution(task.execution_id, task.task_class, _dispatch_payload(task.payload),
+                              self._timeout(task))
+        max_attempts = self._max_attempts(task)
+        try:
+            outcome = await self._executor.execute(execution)
+        except TransientFailure as exc:
+            if attempt >= max_attempts:
+                await self._finish(task, TaskState.FAILED, {},
+                                   f"gave up after {attempt} attempts: {exc}")
+                return None
+            return await self._retry(task, str(exc), new_execution=False)
+        except DomainError as exc:
+            await self._finish(task, TaskState.FAILED, {}, str(exc))
+            return None
+        if outcome.success:
+            await self._finish(task, TaskState.COMPLETED, outcome.result, "")
+            return None
+        if _asks_retry(task) and attempt < max_attempts:
+            return await self._retry(task, outcome.error, new_execution=True)
+        await self._finish(task, TaskState.FAILED, outcome.result, outcome.error)
+        return None
+
+    async def _retry(self, task: Task, reason: str, *, new_execution: bool) -> float:
+        base = self._dispatch.retry_initial * 2 ** max(0, task.attempts - 1)
+        delay: float = min(base, self._dispatch.retry_max) * random.uniform(0.5, 1.0)
+        if await self._store.write(lambda tx: tasks_repo.mark_retrying(
+                tx, task.id, task.attempts, reason, delay, new_execution=new_execution)):
+            task.status, task.error = TaskState.PENDING, reason
+            task.execution += int(new_execution)
+            self._metrics.retried(task.task_class)
+            self._notify(task)
+        return delay
+
+    async def _finish(self, task: Task, status: TaskState, result: dict[str, str],
+                      error: str) -> None:
+        changed = await self._store.write(
+            lambda tx: tasks_repo.finish(tx, task.id, status, result, error))
+        if not changed:
+            return
+        task.status, task.result, task.error = status, result, error
+        task.finished_at = time.time()
+        self._live.pop(task.id, None)
+        self._metrics.finished(task.task_class, status.value, task.duration_ms / 1000)
+        self._notify(task)
+
+    def _timeout(self, task: Task) -> int:
+        if task.timeout_seconds > 0:
+            return task.timeout_seconds
+        text = task.payload.get("timeout_seconds", "").strip()
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+        return int(self._queues[task.task_class].settings.default_timeout)
+
+    def _max_attempts(self, task: Task) -> int:
+        if task.max_attempts > 0:
+            return task.max_attempts
+        text = task.payload.get("max_attempts", "").strip()
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+        return self._queues[task.task_class].settings.max_attempts
+
+    def _notify(self, task: Task) -> None:
+        snapshot = replace(task)
+        for listener in self.listeners:
+            listener(snapshot)
+
+    def _report(self, queue: ClassQueue) -> None:
+        self._metrics.set_queue(queue.name, len(queue.queued), queue.running)
+
+
+def _dispatch_payload(payload: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in payload.items() if k not in CONTROL_KEYS}
+
+
+def _asks_retry(task: Task) -> bool:
+    return task.payload.get("retry_on_failure", "").strip().lower() in {"1", "true", "yes"}

@@ -1,0 +1,143 @@
+"""The orchestrator's domain in one object: store, scheduler, events, workflows, metrics.
+
+Built when the daemon starts (opening the store and recovering unfinished tasks and runs), torn
+down when it stops. Task-result streams are fed from the scheduler's change notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+from prometheus_client import CollectorRegistry
+
+from services.runtime.errors import NotFound
+from services.runtime.logs import get_logger
+
+from . import tasks_repo
+from .dispatch_env import EnvManagerExecutor
+from .events import EventHub
+from .executor import Executor
+from .metrics import OrchestratorMetrics
+from .model import Task
+from .scheduler import Scheduler
+from .settings import OrchestratorSettings
+from .store import Store
+from .workflow_engine import WorkflowEngine
+
+log = get_logger("orchestrator")
+
+RETENTION_INTERVAL = 600.0
+# With no ids and include_completed, a results stream starts with this many recent finished tasks.
+RECENT_COMPLETED = 1000
+
+
+class Orchestrator:
+    def __init__(self, settings: OrchestratorSettings, store: Store, executor: Executor,
+                 registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.store = store
+        self.executor = executor
+        self.metrics = OrchestratorMetrics(registry, classes=settings.classes)
+        self.scheduler = Scheduler(store, executor, settings.classes, settings.dispatch,
+                                   settings.limits, self.metrics)
+        self.events = EventHub(store, retention_seconds=settings.events.retention,
+                               max_events=settings.events.max_events)
+        self.workflows = WorkflowEngine(store, self.scheduler, set(settings.classes))
+        self._background: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def open(cls, settings: OrchestratorSettings, registry: CollectorRegistry,
+                   executor: Executor | None = None) -> Orchestrator:
+        store = await Store.open(settings.store.data_dir / "orchestrator.sqlite3")
+        if executor is None:
+            unsupported = {} if settings.slurm.enabled else {
+                "gpu_slurm": "gpu_slurm needs a Slurm executor and none is configured "
+                             "(set [slurm] enabled = true)"}
+            executor = EnvManagerExecutor(settings.env_managers,
+                                          settings.dispatch.availability_check, unsupported)
+        orchestrator = cls(settings, store, executor, registry)
+        await orchestrator.workflows.start()
+        await orchestrator.scheduler.start()
+        await orchestrator.workflows.resume()
+        orchestrator._background.append(asyncio.get_running_loop().create_task(
+            orchestrator.events.run_retention(RETENTION_INTERVAL)))
+        return orchestrator
+
+    def reconfigure(self, settings: OrchestratorSettings) -> None:
+        self.settings = settings
+        self.metrics.register_classes(settings.classes)
+        self.scheduler.reconfigure(settings.classes)
+        self.workflows.known_classes = set(settings.classes)
+
+    async def watch_tasks(self, task_ids: Sequence[str], include_completed: bool
+                          ) -> AsyncIterator[Task]:
+        """Each task's current state once, then its changes; ends when the named ids are done."""
+        changes: asyncio.Queue[Task] = asyncio.Queue()
+        wanted = set(task_ids)
+
+        def listen(task: Task) -> None:
+            if not wanted or task.id in wanted:
+                changes.put_nowait(task)
+
+        self.scheduler.listeners.append(listen)
+        try:
+            current = await self._current(task_ids, include_completed)
+            last: dict[str, tuple[str, int]] = {}
+            open_ids = set(wanted)
+            for task in current:
+                last[task.id] = (task.status.value, task.attempts)
+                if task.status.terminal:
+                    open_ids.discard(task.id)
+                if include_completed or not task.status.terminal:
+                    yield task
+            while not wanted or open_ids:
+                task = await changes.get()
+                key = (task.status.value, task.attempts)
+                if last.get(task.id) == key:
+                    continue  # already sent (it changed between subscribing and reading)
+                last[task.id] = key
+                if task.status.terminal:
+                    open_ids.discard(task.id)
+                yield task
+        finally:
+            with contextlib.suppress(ValueError):
+                self.scheduler.listeners.remove(listen)
+
+    async def _current(self, task_ids: Sequence[str], include_completed: bool) -> list[Task]:
+        if task_ids:
+            found = {t.id: t for t in await self.scheduler.get_many(list(dict.fromkeys(task_ids)))}
+            missing = [t for t in task_ids if t not in found]
+            if missing:
+                raise NotFound(f"unknown task id(s): {', '.join(sorted(set(missing)))[:500]}")
+            return [found[t] for t in dict.fromkeys(task_ids)]
+        live = await self.store.read(tasks_repo.unfinished)
+        current = [replace(t) for t in live]
+        if include_completed:
+            recent = await self.store.read(lambda conn: tasks_repo.page(
+                conn, statuses=("completed", "failed", "cancelled"), task_class="",
+                workflow_id="", limit=RECENT_COMPLETED, before_seq=None))
+            current.extend(reversed(recent))
+        return current
+
+    async def health(self) -> dict[str, str]:
+        states: dict[str, str] = {}
+        try:
+            await self.store.check_writable()
+            states["store"] = "SERVING"
+        except Exception as exc:
+            states["store"] = f"NOT_SERVING: {exc}"
+        states.update(await self.executor.health())
+        return states
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self.events.close()
+        await self.workflows.stop()
+        await self.scheduler.stop()
+        await self.executor.close()
+        await self.store.close()

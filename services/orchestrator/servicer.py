@@ -1,0 +1,156 @@
+"""orchestrator.v1 on the wire: protobuf in, domain calls, protobuf out.
+
+Domain errors become their gRPC status in the runtime's middleware. Where a response has
+`success`/`error` fields they are filled too, for the original clients that read only those.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from client.wire import orchestrator_pb2 as pb
+from client.wire import orchestrator_pb2_grpc
+from services.runtime.errors import InvalidArgument
+
+from . import tasks_repo
+from .model import Task, TaskRequest, TaskState
+from .service import Orchestrator
+from .workflow_store import Run
+
+Context = Any  # grpc.aio.ServicerContext; grpc is untyped
+VERSION_KEY = "version"
+MAX_PAGE = 1000
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    def __init__(self, domain: Callable[[], Orchestrator], version: str) -> None:
+        self._get = domain
+        self._version = version
+
+    async def SubmitTask(self, request: pb.SubmitTaskRequest, context: Context
+                         ) -> pb.SubmitTaskResponse:
+        task, _ = await self._get().scheduler.submit(TaskRequest(
+            id=request.id, task_class=getattr(request, "class") or "cpu_short",
+            payload=dict(request.payload), priority=request.priority,
+            workflow_id=request.workflow_id, timeout_seconds=request.timeout_seconds,
+            max_attempts=request.max_attempts))
+        return pb.SubmitTaskResponse(success=True, task_id=task.id)
+
+    async def GetTaskStatus(self, request: pb.GetTaskStatusRequest, context: Context
+                            ) -> pb.GetTaskStatusResponse:
+        if not request.task_id:
+            raise InvalidArgument("task_id is required")
+        task = await self._get().scheduler.get(request.task_id)
+        return pb.GetTaskStatusResponse(
+            task_id=task.id, status=task.status.value, result=task.result, error=task.error,
+            attempts=task.attempts, task_class=task.task_class, priority=task.priority,
+            workflow_id=task.workflow_id, submitted_at=int(task.submitted_at),
+            started_at=int(task.started_at), completed_at=int(task.finished_at),
+            duration_ms=task.duration_ms)
+
+    async def StreamTaskResults(self, request: pb.StreamTaskResultsRequest, context: Context
+                                ) -> AsyncIterator[pb.TaskResult]:
+        async for task in self._get().watch_tasks(list(request.task_ids),
+                                                  request.include_completed):
+            yield _task_result(task)
+
+    async def CancelTask(self, request: pb.CancelTaskRequest, context: Context
+                         ) -> pb.CancelTaskResponse:
+        if not request.task_id:
+            raise InvalidArgument("task_id is required")
+        task = await self._get().scheduler.cancel(request.task_id)
+        cancelled = task.status is TaskState.CANCELLED
+        return pb.CancelTaskResponse(
+            success=cancelled, status=task.status.value,
+            error="" if cancelled else f"task already {task.status.value}")
+
+    async def ListTasks(self, request: pb.ListTasksRequest, context: Context
+                        ) -> pb.ListTasksResponse:
+        statuses = list(request.statuses)
+        unknown = sorted(set(statuses) - {s.value for s in TaskState})
+        if unknown:
+            raise InvalidArgument(f"statuses: unknown {', '.join(unknown)}; use "
+                                  f"{', '.join(s.value for s in TaskState)}")
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must be 0 (default 100) or more")
+        limit = min(request.page_size or 100, MAX_PAGE)
+        before: int | None = None
+        if request.page_token:
+            if not request.page_token.isdigit():
+                raise InvalidArgument("page_token is not one this server gave out")
+            before = int(request.page_token)
+        tasks = await self._get().store.read(lambda conn: tasks_repo.page(
+            conn, statuses=statuses, task_class=request.task_class,
+            workflow_id=request.workflow_id, limit=limit + 1, before_seq=before))
+        more = len(tasks) > limit
+        tasks = tasks[:limit]
+        return pb.ListTasksResponse(
+            tasks=[pb.TaskSummary(
+                task_id=t.id, status=t.status.value, task_class=t.task_class,
+                priority=t.priority, workflow_id=t.workflow_id, attempts=t.attempts,
+                submitted_at=int(t.submitted_at), completed_at=int(t.finished_at),
+                error=t.error) for t in tasks],
+            next_page_token=str(tasks[-1].seq) if more and tasks else "")
+
+    async def CreateWorkflow(self, request: pb.CreateWorkflowRequest, context: Context
+                             ) -> pb.CreateWorkflowResponse:
+        version, _ = await self._get().workflows.create(
+            request.id, request.name, request.description, request.spec)
+        return pb.CreateWorkflowResponse(success=True, workflow_id=request.id, version=version)
+
+    async def ListWorkflows(self, request: pb.ListWorkflowsRequest, context: Context
+                            ) -> pb.ListWorkflowsResponse:
+        return pb.ListWorkflowsResponse(workflows=[pb.WorkflowSummary(
+            workflow_id=w.id, name=w.name, description=w.description, version=w.version,
+            total_steps=len(w.spec.steps), created_at=int(w.created_at),
+        ) for w in await self._get().workflows.list()])
+
+    async def StartWorkflowRun(self, request: pb.StartWorkflowRunRequest, context: Context
+                               ) -> pb.StartWorkflowRunResponse:
+        run, created = await self._get().workflows.start_run(
+            request.workflow_id, request.idempotency_key, dict(request.input))
+        return pb.StartWorkflowRunResponse(success=True, run_id=run.run_id, created=created)
+
+    async def StreamWorkflowStatus(self, request: pb.StreamWorkflowStatusRequest,
+                                   context: Context) -> AsyncIterator[pb.WorkflowStatusUpdate]:
+        if not request.run_id:
+            raise InvalidArgument("run_id is required")
+        async for run in self._get().workflows.watch(request.run_id):
+            yield _run_update(run)
+
+    async def GetMetrics(self, request: pb.GetMetricsRequest, context: Context
+                         ) -> pb.MetricsResponse:
+        metrics = self._get().metrics.snapshot(list(request.metric_names))
+        return pb.MetricsResponse(metrics=metrics, timestamp=int(time.time()))
+
+    async def StreamEvents(self, request: pb.StreamEventsRequest, context: Context
+                           ) -> AsyncIterator[pb.SystemEvent]:
+        subscription = self._get().events.subscribe(list(request.event_types),
+                                                    float(request.since_timestamp))
+        async with subscription:
+            async for event in subscription:
+                yield pb.SystemEvent(event_type=event.event_type, resource_id=event.resource_id,
+                                     data={**event.data, "seq": str(event.seq)},
+                                     timestamp=int(event.timestamp))
+
+    async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
+        services = await self._get().health()
+        return pb.HealthResponse(
+            healthy=all(state == "SERVING" for state in services.values()),
+            version=self._version, services=services)
+
+
+def _task_result(task: Task) -> pb.TaskResult:
+    return pb.TaskResult(
+        task_id=task.id, status=task.status.value, result=task.result, error=task.error,
+        duration_ms=task.duration_ms, completed_at=int(task.finished_at),
+        attempts=task.attempts, task_class=task.task_class)
+
+
+def _run_update(run: Run) -> pb.WorkflowStatusUpdate:
+    return pb.WorkflowStatusUpdate(
+        run_id=run.run_id, status=run.status.value, current_step=run.current_step,
+        steps_completed=run.steps_completed, total_steps=run.total_steps, output=run.output,
+        error=run.error)

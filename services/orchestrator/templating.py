@@ -1,0 +1,217 @@
+"""Templates in workflow step payloads: the syntax reference.
+
+A step's payload values may contain tags written ``{{ EXPRESSION }}``; the orchestrator replaces
+each tag just before it submits the step's task. Whitespace inside the braces is optional
+(``{{input.x}}`` and ``{{  input.x  }}`` are the same). The expressions:
+
+``{{ input.NAME }}``
+    The value of ``NAME`` in the run's input map (StartWorkflowRun ``input``).
+``{{ steps.STEP.result.KEY }}``
+    The value of ``KEY`` in the result map of step ``STEP``. ``STEP`` must be an ancestor of the
+    step using it (a parent, or a parent's ancestor): that is checked when the workflow is created,
+    so a step never waits on, or reads from, a step that may not have run yet.
+``{{ steps.STEP.status }}``
+    The status of ancestor ``STEP`` (always ``completed`` when the step runs, since a step only
+    starts once all its parents completed).
+``{{ run.id }}``
+    The run's id (``run-`` followed by 32 hex digits).
+``{{ workflow.id }}``
+    The workflow's id.
+``{{ '{{' }}``
+    A literal ``{{`` (the only escape; a ``}}`` outside a tag is already literal text).
+
+``NAME`` and ``KEY`` are 1 or more letters, digits, ``_``, ``-``, ``.`` or ``:``; a key with other
+characters (a space, say) cannot be referenced. ``STEP`` is a step id.
+
+Anything else inside braces, or a ``{{`` without its closing ``}}``, is an error when the workflow
+is created (INVALID_ARGUMENT, naming the step, the payload key and the tag).
+
+Payload values that were JSON (a list, an object, a number...) are rendered inside: every string in
+them is a template, and the value substituted into a JSON string stays a correctly escaped JSON
+string. Object keys are never templates. Plain string values are rendered as text.
+
+Missing values are never silently empty: when the run's input has no ``NAME``, or the step's result
+has no ``KEY``, rendering fails with an error naming what is missing, and that fails the step (as a
+failed task would: its descendants are skipped and the run fails), never the orchestrator.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from services.runtime.errors import InvalidArgument
+
+# A reference, as `references` reports it: ("input", NAME), ("steps", STEP, "result", KEY),
+# ("steps", STEP, "status"), ("run", "id") or ("workflow", "id").
+Reference = tuple[str, ...]
+
+# Non-greedy: a tag ends at the first "}}" after its "{{", so "{{ '{{' }}" is one tag.
+_TAG = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_KEY = r"[A-Za-z0-9_.:-]+"
+_STEP = r"[A-Za-z0-9_-]{1,64}"
+_INPUT = re.compile(rf"input\.({_KEY})")
+_RESULT = re.compile(rf"steps\.({_STEP})\.result\.({_KEY})")
+_STATUS = re.compile(rf"steps\.({_STEP})\.status")
+_LITERAL_OPEN = "'{{'"
+_SYNTAX = ("input.NAME, steps.STEP.result.KEY, steps.STEP.status, run.id, workflow.id, "
+           "or '{{' for a literal {{")
+_JSON_OPTIONS: dict[str, Any] = {"sort_keys": True, "separators": (",", ":"),
+                                 "ensure_ascii": False}
+
+
+class TemplateError(InvalidArgument):
+    """A template is malformed, or names a value the run does not have."""
+
+
+class StepOutcome(Protocol):
+    """What rendering reads of a step: a RunStep, or a StepView, fits."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def result(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True)
+class StepView:
+    status: str
+    result: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Everything a tag can name, for one step of one run."""
+
+    run_id: str
+    workflow_id: str
+    input: Mapping[str, str]
+    steps: Mapping[str, StepOutcome]
+
+
+def _parse_expression(expression: str) -> Reference | str:
+    """A tag's reference, or (for the escape) the literal text it stands for."""
+    text = expression.strip()
+    if text == _LITERAL_OPEN:
+        return "{{"
+    if text in ("run.id", "workflow.id"):
+        return tuple(text.split("."))
+    if match := _INPUT.fullmatch(text):
+        return ("input", match[1])
+    if match := _RESULT.fullmatch(text):
+        return ("steps", match[1], "result", match[2])
+    if match := _STATUS.fullmatch(text):
+        return ("steps", match[1], "status")
+    raise TemplateError(f"unknown template expression {{{{{expression}}}}}: use {_SYNTAX}")
+
+
+def _segments(text: str) -> Iterator[str | Reference]:
+    """Literal text (str) and references (tuple), in order; raises on malformed tags."""
+    position = 0
+    for match in _TAG.finditer(text):
+        literal = text[position:match.start()]
+        _check_literal(literal, position)
+        if literal:
+            yield literal
+        yield _parse_expression(match[1])
+        position = match.end()
+    rest = text[position:]
+    _check_literal(rest, position)
+    if rest:
+        yield rest
+
+
+def _check_literal(literal: str, offset: int) -> None:
+    opening = literal.find("{{")
+    if opening >= 0:
+        raise TemplateError(
+            f"'{{{{' at character {offset + opening + 1} has no closing '}}}}' "
+            "(write {{ '{{' }} for a literal {{)")
+
+
+def references(text: str) -> set[Reference]:
+    """Every reference in `text`; raises TemplateError for malformed tags (for spec validation)."""
+    return {segment for segment in _segments(text) if isinstance(segment, tuple)}
+
+
+def json_strings(value: Any) -> Iterator[str]:
+    """Every string inside a JSON value (not object keys): the templates it holds."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from json_strings(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from json_strings(item)
+
+
+def render(text: str, context: RenderContext) -> str:
+    """`text` with every tag replaced; TemplateError names a missing input, step or key."""
+    parts: list[str] = []
+    for segment in _segments(text):
+        parts.append(segment if isinstance(segment, str) else _resolve(segment, context))
+    return "".join(parts)
+
+
+def _resolve(reference: Reference, context: RenderContext) -> str:
+    kind = reference[0]
+    if kind == "run":
+        return context.run_id
+    if kind == "workflow":
+        return context.workflow_id
+    if kind == "input":
+        name = reference[1]
+        if name not in context.input:
+            raise TemplateError(
+                f"input '{name}' is not set; the run's input has: {_names(context.input)}")
+        return context.input[name]
+    step_id = reference[1]
+    outcome = context.steps.get(step_id)
+    if outcome is None:
+        raise TemplateError(f"step '{step_id}' has no outcome yet")
+    if reference[2] == "status":
+        return str(outcome.status)
+    key = reference[3]
+    if key not in outcome.result:
+        raise TemplateError(
+            f"step '{step_id}' result has no key '{key}'; it has: {_names(outcome.result)}")
+    return outcome.result[key]
+
+
+def _names(mapping: Mapping[str, str]) -> str:
+    return ", ".join(sorted(mapping)) or "(nothing)"
+
+
+def _render_json(value: Any, context: RenderContext) -> Any:
+    if isinstance(value, str):
+        return render(value, context)
+    if isinstance(value, list):
+        return [_render_json(item, context) for item in value]
+    if isinstance(value, dict):
+        return {key: _render_json(item, context) for key, item in value.items()}
+    return value
+
+
+def encode_json(value: Any) -> str:
+    """The one JSON encoding of payload values, so equal values are equal strings."""
+    return json.dumps(value, **_JSON_OPTIONS)
+
+
+def render_payload(payload: Mapping[str, str], json_keys: Collection[str],
+                   context: RenderContext) -> dict[str, str]:
+    """A step's payload ready to submit; errors name the payload key at fault."""
+    rendered: dict[str, str] = {}
+    for key, value in payload.items():
+        try:
+            if key in json_keys:
+                rendered[key] = encode_json(_render_json(json.loads(value), context))
+            else:
+                rendered[key] = render(value, context)
+        except TemplateError as error:
+            raise TemplateError(f"payload '{key}': {error}") from None
+    return rendered

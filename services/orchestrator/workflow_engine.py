@@ -1,0 +1,152 @@
+"""Runs workflows: each ready step becomes a task; each finished task moves its run on.
+
+The store decides (advance_run: which steps are ready, which are skipped, when the run is over);
+this engine submits the ready steps' tasks and reacts to their terminal states. A step's task id
+is derived from its run and step, so a resumed run resubmits the same task, which the scheduler
+treats as the same (idempotent) submit. Runs resume after a restart from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator, Collection
+
+from services.runtime.errors import DomainError
+from services.runtime.logs import get_logger
+
+from . import workflow_store as records
+from .model import Task, TaskRequest, TaskState
+from .scheduler import Scheduler
+from .store import Store
+from .workflow_logic import StepStatus
+from .workflow_spec import parse_spec, validate_workflow_id
+from .workflow_store import Run, Workflow
+
+log = get_logger("workflows")
+
+
+class WorkflowEngine:
+    def __init__(self, store: Store, scheduler: Scheduler, known_classes: Collection[str]
+                 ) -> None:
+        self._store = store
+        self._scheduler = scheduler
+        self.known_classes = set(known_classes)
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._watchers: defaultdict[str, set[asyncio.Queue[Run]]] = defaultdict(set)
+        self._pending: set[asyncio.Task[None]] = set()
+        scheduler.listeners.append(self._on_task)
+
+    async def start(self) -> None:
+        await records.ensure_schema(self._store)
+
+    async def resume(self) -> None:
+        """Move on every unfinished run, including steps whose task ended while we were down."""
+        for run in await records.unfinished_runs(self._store):
+            for step in run.steps.values():
+                if step.status == StepStatus.RUNNING and step.task_id:
+                    with contextlib.suppress(DomainError):
+                        task = await self._scheduler.get(step.task_id)
+                        if task.status.terminal:
+                            await self._step_done(task)
+                            continue
+            await self._advance(run.run_id)
+
+    async def stop(self) -> None:
+        for task in self._pending:
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def create(self, workflow_id: str, name: str, description: str, spec: bytes
+                     ) -> tuple[int, bool]:
+        validate_workflow_id(workflow_id)
+        parsed = parse_spec(spec, self.known_classes)
+        return await records.create_workflow(self._store, workflow_id, name, description, parsed)
+
+    async def list(self) -> list[Workflow]:
+        return await records.list_workflows(self._store)
+
+    async def start_run(self, workflow_id: str, idempotency_key: str,
+                        run_input: dict[str, str]) -> tuple[Run, bool]:
+        run, created = await records.start_run(self._store, workflow_id, idempotency_key,
+                                               run_input)
+        if created:
+            await self._advance(run.run_id)
+        return run, created
+
+    async def watch(self, run_id: str) -> AsyncIterator[Run]:
+        """The run's current state, then each change, until it is completed or failed."""
+        changes: asyncio.Queue[Run] = asyncio.Queue()
+        self._watchers[run_id].add(changes)
+        try:
+            run = await records.get_run(self._store, run_id)
+            last = _view(run)
+            yield run
+            while not run.status.terminal:
+                run = await changes.get()
+                if _view(run) != last:
+                    last = _view(run)
+                    yield run
+        finally:
+            self._watchers[run_id].discard(changes)
+            if not self._watchers[run_id]:
+                del self._watchers[run_id]
+
+    def _on_task(self, task: Task) -> None:
+        if task.run_id and task.status.terminal:
+            job = asyncio.get_running_loop().create_task(self._step_done(task))
+            self._pending.add(job)
+            job.add_done_callback(self._pending.discard)
+
+    async def _step_done(self, task: Task) -> None:
+        status = StepStatus.COMPLETED if task.status is TaskState.COMPLETED else StepStatus.FAILED
+        error = task.error if task.status is not TaskState.CANCELLED else "task cancelled"
+        await records.update_step(self._store, task.run_id, task.step_id, status,
+                                  task_id=task.id, result=task.result, error=error)
+        await self._advance(task.run_id)
+
+    async def _advance(self, run_id: str) -> None:
+        async with self._locks[run_id]:
+            while True:
+                actions = await records.advance_run(self._store, run_id)
+                run = await records.get_run(self._store, run_id)
+                failed_to_submit = False
+                if actions.ready:
+                    workflow = await records.get_workflow(self._store, run.workflow_id,
+                                                          run.version)
+                    for step_id in actions.ready:
+                        failed_to_submit |= not await self._submit(run, workflow, step_id)
+                    run = await records.get_run(self._store, run_id)
+                self._publish(run)
+                if not failed_to_submit:
+                    break
+        if run.status.terminal:
+            self._locks.pop(run_id, None)
+
+    async def _submit(self, run: Run, workflow: Workflow, step_id: str) -> bool:
+        """Submit one ready step's task; False when it could not be (the step then failed)."""
+        step = workflow.spec.step(step_id)
+        task_id = records.step_task_id(run.run_id, step_id)
+        try:
+            payload = step.render_payload(run.render_context())
+            await self._scheduler.submit(TaskRequest(
+                id=task_id, task_class=step.task_class, payload=payload, priority=step.priority,
+                workflow_id=run.workflow_id, timeout_seconds=step.timeout_seconds,
+                max_attempts=step.max_attempts), run_id=run.run_id, step_id=step_id)
+        except DomainError as exc:
+            log.warning("step_not_submitted", run_id=run.run_id, step=step_id, error=str(exc))
+            await records.update_step(self._store, run.run_id, step_id, StepStatus.FAILED,
+                                      task_id=task_id, error=str(exc))
+            return False
+        await records.update_step(self._store, run.run_id, step_id, StepStatus.RUNNING,
+                                  task_id=task_id)
+        return True
+
+    def _publish(self, run: Run) -> None:
+        for queue in self._watchers.get(run.run_id, ()):
+            queue.put_nowait(run)
+
+
+def _view(run: Run) -> tuple[str, int, str, str]:
+    return (run.status.value, run.steps_completed, run.current_step, run.error)
