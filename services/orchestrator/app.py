@@ -52,10 +52,13 @@ class OrchestratorApp(DaemonApp):
         self._orchestrator = await Orchestrator.open(self._settings, context.registry)
 
     async def readiness(self) -> tuple[bool, str]:
-        states = await self._domain().health()
-        store = states.get("store", "")
-        # env-manager being down is not ours to fix: tasks wait for it. The store is.
-        return store == "SERVING", "serving" if store == "SERVING" else store
+        # Serving means submits are accepted and stored; with env-manager down, tasks wait for
+        # it (the Health RPC reports each endpoint). So readiness is the store's alone.
+        try:
+            await self._domain().store.check_writable()
+        except Exception as exc:
+            return False, f"store not writable: {exc}"
+        return True, "serving"
 
     async def reload(self, settings: Any) -> None:
         assert isinstance(settings, OrchestratorSettings)
