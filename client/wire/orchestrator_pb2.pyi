@@ -627,7 +627,7 @@ class StreamEventsRequest(_message.Message):
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     SINCE_TIMESTAMP_FIELD_NUMBER: _builtins.int
     since_timestamp: _builtins.int
-    """Earliest event time wanted, unix seconds; 0 means no lower bound."""
+    """Replay stored events from this time (unix seconds) before going live; 0 = live only."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Event types to receive; empty means all."""
@@ -796,6 +796,7 @@ class CancelTaskResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     success: _builtins.bool
+    """True when the task is cancelled now (also when an earlier call cancelled it)."""
     status: _builtins.str
     """The task's status after the call (cancelled, or the terminal status it already had)."""
     error: _builtins.str
