@@ -27,6 +27,8 @@ class ServiceClient:
         self._address = resolve_address(address, self._config, self._target)
         self._channel: Any = None
         self._stub: Any = None
+        # The loop the channel belongs to: a grpc.aio channel cannot be used from another one.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting = asyncio.Lock()
 
     @property
@@ -54,7 +56,8 @@ class ServiceClient:
         A closed client connects again if it is used again.
         """
         channel, self._channel, self._stub = self._channel, None, None
-        if channel is not None:
+        loop, self._loop = self._loop, None
+        if channel is not None and loop is asyncio.get_running_loop():
             await channel.close()
 
     async def __aenter__(self) -> Self:
@@ -68,6 +71,12 @@ class ServiceClient:
         raise NotImplementedError
 
     async def _ready_stub(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # First use, or used again from another event loop (asyncio.run twice): the old
+            # channel belongs to a loop that is gone or elsewhere; it is dropped, never reused.
+            self._channel, self._stub, self._loop = None, None, loop
+            self._connecting = asyncio.Lock()
         if self._stub is not None:
             return self._stub
         async with self._connecting:

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from client import errors
-from client._payload import encode_payload, encode_value
+from client._payload import decode_payload, decode_value, encode_payload, encode_value
 
 # --- payload encoding -------------------------------------------------------------------------
 
@@ -64,6 +64,36 @@ def test_keys_must_be_strings() -> None:
 def test_empty_payloads() -> None:
     assert encode_payload({}) == {}
     assert encode_payload(None) == {}
+
+
+# --- payload decoding -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [
+    {"NAME": "value"}, ["echo", "hi"], 42, -2.5, 0, True, False, None,
+    {"nested": {"list": [1, {"x": None}]}}, {"env": {"GREETING": "héllo ✓"}},
+])
+def test_encoded_values_decode_to_what_was_sent(value: object) -> None:
+    assert decode_value(encode_value("k", value)) == value
+
+
+@pytest.mark.parametrize("text", [
+    "", "hello", "echo hi && ls", "hi\n", "42abc", "{not json", "[1, 2", "NaN", "Infinity",
+    "-Infinity", "1e999", '"quoted"', "truth", "nullable",
+])
+def test_plain_text_stays_as_it_is(text: str) -> None:
+    assert decode_value(text) == text
+
+
+def test_decoding_tolerates_surrounding_whitespace() -> None:
+    # A task's stdout usually ends with a newline.
+    assert decode_value("42\n") == 42
+    assert decode_value(' {"a": [1]}\n') == {"a": [1]}
+
+
+def test_decode_payload() -> None:
+    assert decode_payload({"exit_code": "0", "stdout": "hi\n", "timed_out": "false"}) == {
+        "exit_code": 0, "stdout": "hi\n", "timed_out": False}
 
 
 # --- error mapping ----------------------------------------------------------------------------
