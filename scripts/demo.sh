@@ -1,73 +1,54 @@
 #!/usr/bin/env bash
-# The README's first command: make the machine ready, bring both daemons up (detached, on their
-# default loopback ports) and show them working through grpcurl and HTTP.
-#   scripts/demo.sh        bring up and demo (leaves the daemons running)
-#   scripts/demo.sh down   stop them (SIGTERM, graceful)
+# The README's first command: make the machine ready, then, all through the `agent-infra` CLI,
+# bring both daemons up (detached, on their default loopback ports) with the offline demo stack
+# (examples/demo-stack.toml), run tasks in containers through the orchestrator and show the state.
+#   scripts/demo.sh        bring up and demo (leaves the daemons and the stack running)
+#   scripts/demo.sh down   stop the stack, then the daemons the demo started (SIGTERM, graceful)
+# examples/demo_workload.py does the same through the Python client.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Pid files and logs of the daemons `up` starts, and their data (env-manager/, orchestrator/).
 STATE="$REPO/.state/demo"
-BIN="$REPO/.venv/bin"
-mkdir -p "$STATE"
+CLI="$REPO/.venv/bin/agent-infra"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-stop_daemon() {
-    local name=$1 pidfile="$STATE/$1.pid"
-    [[ -f "$pidfile" ]] || return 0
-    local pid
-    pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        echo "$name stopped (pid $pid)"
-    fi
-    rm -f "$pidfile"
-}
-
 if [[ "${1:-up}" == "down" ]]; then
-    if [[ -f "$STATE/env-manager.pid" ]]; then
-        "$BIN/python" "$REPO/examples/demo_workload.py" --stop || true
+    if [[ ! -x "$CLI" ]]; then
+        echo "nothing to stop: $CLI is not installed (run scripts/demo.sh first)" >&2
+        exit 0
     fi
-    stop_daemon orchestrator
-    stop_daemon env-manager
+    # Exit code 3: nothing answered and nothing was recorded as started; that is "down" too.
+    "$CLI" down --state-dir "$STATE" || [[ $? -eq 3 ]]
     exit 0
 fi
 
 bash "$REPO/scripts/bootstrap.sh"
+cd "$REPO"
 
-start_daemon() {
-    local name=$1 addr=$2
-    if "$BIN/grpcurl" -plaintext -max-time 2 "$addr" grpc.health.v1.Health/Check >/dev/null 2>&1
-    then
-        echo "$name already answers on $addr"
-        return 0
-    fi
-    setsid env "${@:3}" "$BIN/$name" --log-format json >"$STATE/$name.log" 2>&1 </dev/null &
-    echo $! >"$STATE/$name.pid"
-    for _ in $(seq 1 100); do
-        if "$BIN/grpcurl" -plaintext -max-time 1 "$addr" grpc.health.v1.Health/Check 2>/dev/null \
-            | grep -q SERVING; then
-            echo "$name serving on $addr (pid $(cat "$STATE/$name.pid"), log $STATE/$name.log)"
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "$name did not become ready; its log:" >&2
-    tail -20 "$STATE/$name.log" >&2
+step "agent-infra up: the daemons (when not running) and the demo stack, in dependency order"
+"$CLI" up --config examples/demo-stack.toml --state-dir "$STATE"
+
+step "agent-infra status: services read back from the engine, the task queue per class"
+"$CLI" status
+
+step "agent-infra run: tasks in fresh containers (class cpu_short), through the orchestrator"
+"$CLI" run -- sh -c 'printf "primes below 40:"; for n in $(seq 2 40); do f=1;
+    for d in $(seq 2 $((n - 1))); do [ $((n % d)) -eq 0 ] && f=0 && break; done;
+    [ $f -eq 1 ] && printf " %s" $n; done; echo'
+"$CLI" run --set command='echo "$(uname -sr), $(nproc) cpus, network: $(ls /sys/class/net)"'
+# A task's own failure is the command's exit code 1 (its stderr is shown):
+if "$CLI" run -- sh -c 'echo "this task fails on purpose" >&2; exit 3'; then
+    echo "demo: a failing task exited 0" >&2
     exit 1
-}
+fi
 
-step "starting the daemons"
-start_daemon env-manager 127.0.0.1:50100 \
-    "ENV_MANAGER_CONFIG=$REPO/examples/demo-stack.toml" "ENV_MANAGER_STATE_DIR=$STATE/env-manager"
-start_daemon orchestrator 127.0.0.1:50052
+step "agent-infra tasks: the newest tasks"
+"$CLI" tasks --limit 3
 
-step "grpcurl list (server reflection, no .proto files needed)"
-"$BIN/grpcurl" -plaintext 127.0.0.1:50100 list
-"$BIN/grpcurl" -plaintext 127.0.0.1:50052 grpc.health.v1.Health/Check
-
-step "the demo workload: the offline stack and task containers, through the Python client"
-(cd "$REPO" && "$BIN/python" examples/demo_workload.py)
+step "agent-infra health"
+"$CLI" health
 
 step "done: the stack and both daemons keep running; stop them with: scripts/demo.sh down"
+echo "try: $CLI --help    (every command has --help with examples, and --json)" >&2
