@@ -54,7 +54,7 @@ ENV_MANAGER = ServiceTarget(
     address_env="ENV_MANAGER_GRPC_ADDR",
     default_address="127.0.0.1:50100",
     retryable_methods=("GetServicesStatus", "GetResourceAvailability", "StreamHealth",
-                       "StreamLogs", "PullImages", "StopServices", "ExecuteTask"),
+                       "StreamLogs", "PullImages", "StopServices", "ExecuteTask", "CancelTask"),
 )
 
 
@@ -151,6 +151,15 @@ class EnvManagerClient(ServiceClient):
         request = pb.GetResourceAvailabilityRequest(workload_class=workload_class)
         deadline = _or_default(timeout, self._config.deadlines.read)
         return wire.availability(await self._unary("GetResourceAvailability", request, deadline))
+
+    async def cancel_task(self, task_id: str, *, timeout: float | None = None) -> bool:
+        """Kill the running container of an ExecuteTask task_id; False when none was running.
+
+        The task's ExecuteTask call then returns a failed result saying it was cancelled.
+        """
+        request = pb.CancelTaskRequest(task_id=task_id)
+        deadline = _or_default(timeout, self._config.deadlines.read)
+        return bool((await self._unary("CancelTask", request, deadline)).success)
 
     async def execute_task(self, task_id: str, workload_class: str,
                            payload: Mapping[str, object], *, timeout_seconds: int = 0,

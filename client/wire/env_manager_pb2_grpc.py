@@ -80,6 +80,11 @@ class EnvManagerServiceStub:
                 request_serializer=env__manager__pb2.StreamLogsRequest.SerializeToString,
                 response_deserializer=env__manager__pb2.LogEntry.FromString,
                 _registered_method=True)
+        self.CancelTask = channel.unary_unary(
+                '/env_manager.v1.EnvManagerService/CancelTask',
+                request_serializer=env__manager__pb2.CancelTaskRequest.SerializeToString,
+                response_deserializer=env__manager__pb2.CancelTaskResponse.FromString,
+                _registered_method=True)
 
 
 class EnvManagerServiceServicer:
@@ -150,6 +155,14 @@ class EnvManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelTask(self, request, context):
+        """Added by agent-infra: kills a running task container (ExecuteTask's task_id); its result is
+        stored as cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnvManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +210,11 @@ def add_EnvManagerServiceServicer_to_server(servicer, server):
                     servicer.StreamLogs,
                     request_deserializer=env__manager__pb2.StreamLogsRequest.FromString,
                     response_serializer=env__manager__pb2.LogEntry.SerializeToString,
+            ),
+            'CancelTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTask,
+                    request_deserializer=env__manager__pb2.CancelTaskRequest.FromString,
+                    response_serializer=env__manager__pb2.CancelTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +461,33 @@ class EnvManagerService:
             '/env_manager.v1.EnvManagerService/StreamLogs',
             env__manager__pb2.StreamLogsRequest.SerializeToString,
             env__manager__pb2.LogEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/env_manager.v1.EnvManagerService/CancelTask',
+            env__manager__pb2.CancelTaskRequest.SerializeToString,
+            env__manager__pb2.CancelTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

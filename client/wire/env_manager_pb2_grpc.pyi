@@ -63,6 +63,10 @@ class EnvManagerServiceStub:
     """Pulls container images and streams their progress."""
     StreamLogs: _grpc.UnaryStreamMultiCallable[_env_manager_pb2.StreamLogsRequest, _env_manager_pb2.LogEntry]
     """Streams a service's container logs."""
+    CancelTask: _grpc.UnaryUnaryMultiCallable[_env_manager_pb2.CancelTaskRequest, _env_manager_pb2.CancelTaskResponse]
+    """Added by agent-infra: kills a running task container (ExecuteTask's task_id); its result is
+    stored as cancelled.
+    """
 
 @_typing.type_check_only
 class EnvManagerServiceAsyncStub(EnvManagerServiceStub):
@@ -89,6 +93,10 @@ class EnvManagerServiceAsyncStub(EnvManagerServiceStub):
     """Pulls container images and streams their progress."""
     StreamLogs: _aio.UnaryStreamMultiCallable[_env_manager_pb2.StreamLogsRequest, _env_manager_pb2.LogEntry]  # type: ignore[assignment]
     """Streams a service's container logs."""
+    CancelTask: _aio.UnaryUnaryMultiCallable[_env_manager_pb2.CancelTaskRequest, _env_manager_pb2.CancelTaskResponse]  # type: ignore[assignment]
+    """Added by agent-infra: kills a running task container (ExecuteTask's task_id); its result is
+    stored as cancelled.
+    """
 
 class EnvManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The env-manager, dialled by the orchestrator on ENV_MANAGER_GRPC_ADDR."""
@@ -166,5 +174,15 @@ class EnvManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_env_manager_pb2.LogEntry], _abc.AsyncIterator[_env_manager_pb2.LogEntry]]:
         """Streams a service's container logs."""
+
+    @_abc_1.abstractmethod
+    def CancelTask(
+        self,
+        request: _env_manager_pb2.CancelTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_env_manager_pb2.CancelTaskResponse, _abc.Awaitable[_env_manager_pb2.CancelTaskResponse]]:
+        """Added by agent-infra: kills a running task container (ExecuteTask's task_id); its result is
+        stored as cancelled.
+        """
 
 def add_EnvManagerServiceServicer_to_server(servicer: EnvManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

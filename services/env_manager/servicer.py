@@ -76,6 +76,12 @@ class EnvManagerServicer(env_manager_pb2_grpc.EnvManagerServiceServicer):
         return pb.ExecuteTaskResponse(success=outcome.success, result=outcome.result,
                                       error=outcome.error, latency_ms=outcome.latency_ms)
 
+    async def CancelTask(self, request: pb.CancelTaskRequest, context: Context
+                         ) -> pb.CancelTaskResponse:
+        killed = await self._get().runner.cancel(request.task_id)
+        return pb.CancelTaskResponse(
+            success=killed, message="killed" if killed else "no running container for the task")
+
     async def PullImages(self, request: pb.PullImagesRequest, context: Context
                          ) -> AsyncIterator[pb.ImagePullProgress]:
         names = list(request.image_names) or self._get().images()

@@ -184,8 +184,9 @@ class StackManager:
             status = "unhealthy"
         else:
             status = "running"
-        return ServiceState(name, status, state.id, state.host_ports, checks, state.started_at,
-                            usage)
+        # started_at is the current run's start: a stopped container has none.
+        started_at = state.started_at if state.running else 0
+        return ServiceState(name, status, state.id, state.host_ports, checks, started_at, usage)
 
     def _has_probe(self, name: str) -> bool:
         return name in self.registry and self.registry.spec(name).healthcheck is not None

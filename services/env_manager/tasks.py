@@ -28,7 +28,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.runtime.errors import AlreadyExists, FailedPrecondition, Unavailable
+from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from services.runtime.logs import get_logger
 
 from . import labels
@@ -44,7 +44,7 @@ from .task_container import (
     remove,
     run_attached,
 )
-from .task_payload import TaskSpec, check_class, parse_request
+from .task_payload import TaskSpec, check_class, check_task_id, parse_request
 from .task_store import StoredResult, TaskStore
 from .workloads import TaskSettings, WorkloadClass
 
@@ -138,6 +138,7 @@ class TaskRunner:
         self._slots = {name: _Slots(workload.concurrency) for name, workload in classes.items()}
         self._inflight: dict[str, _Execution] = {}
         self._removals: set[asyncio.Task[None]] = set()
+        self._cancelled: set[str] = set()
         self._last_prune = 0.0
 
     async def execute(self, task_id: str, workload_class: str, payload: Mapping[str, str],
@@ -203,6 +204,21 @@ class TaskRunner:
             "list task containers", lambda: self.engine.client.containers.list(
                 all=True, filters=filters))
         return len(found)
+
+    async def cancel(self, task_id: str) -> bool:
+        """Kill the task's container if it is running; its run then ends and is stored as
+        cancelled (so a later ExecuteTask of the id returns that, not a new run)."""
+        check_task_id(task_id)
+        found = await self.engine.call(
+            "list task containers", lambda: self.engine.client.containers.list(
+                all=True, filters=self._filters(**{labels.TASK_ID: task_id})))
+        killed = False
+        for container in found:
+            self._cancelled.add(task_id)
+            with contextlib.suppress(NotFound, FailedPrecondition):  # it stopped meanwhile
+                await self.engine.call("kill task container", container.kill)
+                killed = True
+        return killed
 
     async def recover(self) -> int:
         """Adopt the task containers an earlier env-manager left: finish, store, remove each.
@@ -318,6 +334,10 @@ class TaskRunner:
             await self._remove_shielded(container_id)
             raise
         finished = _finished(record)
+        if task_id in self._cancelled:
+            self._cancelled.discard(task_id)
+            finished = _Finished(False, {**finished.result, "cancelled": "true"},
+                                 "cancelled by request")
         # Stored before the container goes: a crash in between leaves a container that the next
         # process removes on seeing the stored result, never a task that runs again.
         await self.store.put(task_id, StoredResult(

@@ -60,6 +60,17 @@ class EnvManagerExecutor:
         self._reachable.set()
         return ExecutionOutcome(answer.success, dict(answer.result), answer.error)
 
+    async def cancel(self, execution_id: str, task_class: str) -> None:
+        # Which endpoint runs it is not recorded: ask every one (killing nothing is harmless).
+        async def one(client: EnvManagerClient) -> None:
+            try:
+                await client.cancel_task(execution_id, timeout=10.0)
+            except InfraError as exc:
+                log.warning("cancel_not_delivered", execution_id=execution_id,
+                            env_manager=client.address, error=exc.details)
+
+        await asyncio.gather(*(one(client) for client in self._clients))
+
     async def _pick(self, task_class: str) -> int:
         if len(self._clients) == 1:
             return 0

@@ -40,6 +40,9 @@ class Executor(Protocol):
 
     async def execute(self, execution: Execution) -> ExecutionOutcome: ...
 
+    async def cancel(self, execution_id: str, task_class: str) -> None:
+        """Stop a running execution on its backend (best effort)."""
+
     async def wait_until_available(self, task_class: str) -> None:
         """Return when dispatching a task of the class has a chance (e.g. a backend answers)."""
 
@@ -63,6 +66,9 @@ class InProcessExecutor:
 
     async def execute(self, execution: Execution) -> ExecutionOutcome:
         return await self._handler(execution)
+
+    async def cancel(self, execution_id: str, task_class: str) -> None:
+        return None  # the scheduler cancels the coroutine itself
 
     async def wait_until_available(self, task_class: str) -> None:
         return None

@@ -42,6 +42,11 @@ class FlakyEnvManager(env_manager_pb2_grpc.EnvManagerServiceServicer):
         await self._gate("ExecuteTask", context)
         return pb.ExecuteTaskResponse(success=True, result=dict(request.payload))
 
+    async def CancelTask(self, request: pb.CancelTaskRequest, context: Any
+                         ) -> pb.CancelTaskResponse:
+        await self._gate("CancelTask", context)
+        return pb.CancelTaskResponse(success=True)
+
     async def RestartService(self, request: pb.RestartServiceRequest, context: Any
                              ) -> pb.RestartServiceResponse:
         await self._gate("RestartService", context)

@@ -28,7 +28,7 @@ def test_retry_policy_names_only_idempotent_methods() -> None:
     (method_config,) = config["methodConfig"]
     names = {entry["method"] for entry in method_config["name"]}
     assert names == {"GetServicesStatus", "GetResourceAvailability", "StreamHealth", "StreamLogs",
-                     "PullImages", "StopServices", "ExecuteTask"}
+                     "PullImages", "StopServices", "ExecuteTask", "CancelTask"}
     assert {entry["service"] for entry in method_config["name"]} == {
         "env_manager.v1.EnvManagerService"}
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
