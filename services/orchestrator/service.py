@@ -17,9 +17,9 @@ from services.runtime.errors import NotFound
 from services.runtime.logs import get_logger
 
 from . import tasks_repo
-from .dispatch_env import EnvManagerExecutor
 from .events import EventHub
 from .executor import Executor
+from .executors import build_executor
 from .metrics import OrchestratorMetrics
 from .model import Task
 from .scheduler import Scheduler
@@ -53,11 +53,9 @@ class Orchestrator:
                    executor: Executor | None = None) -> Orchestrator:
         store = await Store.open(settings.store.data_dir / "orchestrator.sqlite3")
         if executor is None:
-            unsupported = {} if settings.slurm.enabled else {
-                "gpu_slurm": "gpu_slurm needs a Slurm executor and none is configured "
-                             "(set [slurm] enabled = true)"}
-            executor = EnvManagerExecutor(settings.env_managers,
-                                          settings.dispatch.availability_check, unsupported)
+            # env-manager for every class; with [slurm] enabled, gpu_slurm goes to Slurm instead
+            # (without it, gpu_slurm submits are refused, saying so).
+            executor = build_executor(settings)
         orchestrator = cls(settings, store, executor, registry)
         await orchestrator.workflows.start()
         await orchestrator.scheduler.start()

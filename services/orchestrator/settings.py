@@ -57,10 +57,26 @@ class SlurmSettings(Section):
 
     enabled: bool = False
     partition: str = ""
+    # Each is one executable (a name on PATH or a path), run with an argument list, no shell.
     sbatch: str = "sbatch"
     squeue: str = "squeue"
     sacct: str = "sacct"
+    scontrol: str = "scontrol"
+    scancel: str = "scancel"
     poll_interval: Duration = Field(5.0, gt=0)
+    # Job scripts, their stdout/stderr and exit records. The compute nodes write there, so on a
+    # real cluster it must be a filesystem they share. Default: <store.data_dir>/slurm.
+    work_dir: Path | None = None
+    # Added to every sbatch call as given (e.g. ["--account=ml", "--qos=normal"]).
+    sbatch_args: list[str] = Field(default_factory=list)
+    output_limit_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # One sbatch/squeue/scontrol call; an unreachable controller makes them retry for a while.
+    command_timeout: Duration = Field(60.0, gt=0)
+    # While following a job, how long the controller may stay unreachable before the attempt is
+    # handed back to the scheduler as a transient failure (the job itself keeps running).
+    outage_grace: Duration = Field(600.0, gt=0)
+    # Job files older than this are removed.
+    retention: Duration = Field(7 * 24 * 3600.0, gt=0)
 
 
 DEFAULT_CLASSES = {

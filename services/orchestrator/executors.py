@@ -1,0 +1,70 @@
+"""Which executor runs which class: env-manager for most, Slurm for gpu_slurm when configured."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from .dispatch_env import EnvManagerExecutor
+from .dispatch_slurm import SLURM_CLASS, SlurmExecutor
+from .executor import Execution, ExecutionOutcome, Executor
+from .settings import OrchestratorSettings
+
+NO_SLURM = (f"{SLURM_CLASS} needs a Slurm executor and none is configured "
+            "(set [slurm] enabled = true)")
+
+
+class RoutingExecutor:
+    """Sends each class to the executor that owns it (`routes`), every other class to `default`.
+
+    Each answer (supports, availability, execution) comes from the owner alone, so an unreachable
+    Slurm controller holds back gpu_slurm only, and a down env-manager never holds gpu_slurm.
+    """
+
+    def __init__(self, routes: Mapping[str, Executor], default: Executor) -> None:
+        self._routes = dict(routes)
+        self._default = default
+        self._all: list[Executor] = [default]
+        for executor in self._routes.values():
+            if all(executor is not known for known in self._all):
+                self._all.append(executor)
+
+    def owner(self, task_class: str) -> Executor:
+        return self._routes.get(task_class, self._default)
+
+    def supports(self, task_class: str) -> str:
+        return self.owner(task_class).supports(task_class)
+
+    async def execute(self, execution: Execution) -> ExecutionOutcome:
+        return await self.owner(execution.task_class).execute(execution)
+
+    async def cancel(self, execution_id: str, task_class: str) -> None:
+        await self.owner(task_class).cancel(execution_id, task_class)
+
+    async def wait_until_available(self, task_class: str) -> None:
+        await self.owner(task_class).wait_until_available(task_class)
+
+    async def health(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for states in await asyncio.gather(*(e.health() for e in self._all)):
+            merged.update(states)
+        return merged
+
+    async def close(self) -> None:
+        # Each is closed even when another's close fails; the first failure is raised after.
+        results = await asyncio.gather(*(e.close() for e in self._all), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+def build_executor(settings: OrchestratorSettings) -> Executor:
+    """The daemon's executor from its settings."""
+    if not settings.slurm.enabled:
+        return EnvManagerExecutor(settings.env_managers, settings.dispatch.availability_check,
+                                  {SLURM_CLASS: NO_SLURM})
+    env_manager = EnvManagerExecutor(settings.env_managers, settings.dispatch.availability_check,
+                                     {SLURM_CLASS: "gpu_slurm runs on Slurm, not env-manager"})
+    work_dir = settings.slurm.work_dir or settings.store.data_dir / "slurm"
+    return RoutingExecutor({SLURM_CLASS: SlurmExecutor(settings.slurm, work_dir)}, env_manager)
+
