@@ -12,10 +12,12 @@ AGENT_INFRA_NO_DOCKER=1 (see tests/docker_support.py).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiodocker
 import pytest
 import pytest_asyncio
+import trustme
 
 from tests.docker_support import ContainerFactory, require_docker
 
@@ -56,3 +58,25 @@ async def containers(docker: aiodocker.Docker) -> AsyncIterator[ContainerFactory
         yield factory
     finally:
         await factory.cleanup()
+
+
+# ---------------------------------------------------------------------------------------
+# TLS material
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (PEM files)."""
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("agent@example.test")
+    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "server.pem",
+             "key": tmp_path / "server.key", "client_cert": tmp_path / "client.pem",
+             "client_key": tmp_path / "client.key"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    server.private_key_pem.write_to_path(str(files["key"]))
+    client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
+    client.private_key_pem.write_to_path(str(files["client_key"]))
+    return files

@@ -12,22 +12,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.daemon_support import running_daemon
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> dict[str, Path]:
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("agent@example.test")
-    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "server.pem",
-             "key": tmp_path / "server.key", "client_cert": tmp_path / "client.pem",
-             "client_key": tmp_path / "client.key"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    server.private_key_pem.write_to_path(str(files["key"]))
-    client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
-    client.private_key_pem.write_to_path(str(files["client_key"]))
-    return files
-
-
 async def _check(channel: grpc.aio.Channel, token: str | None = None) -> grpc.StatusCode:
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     try:

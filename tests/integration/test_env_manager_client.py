@@ -347,22 +347,6 @@ async def test_bearer_token(tmp_path: Path, docker: aiodocker.Docker) -> None:
                         pass
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> dict[str, Path]:
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("agent@example.test")
-    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "server.pem",
-             "key": tmp_path / "server.key", "client_cert": tmp_path / "client.pem",
-             "client_key": tmp_path / "client.key"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    server.private_key_pem.write_to_path(str(files["key"]))
-    client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
-    client.private_key_pem.write_to_path(str(files["client_key"]))
-    return files
-
-
 async def test_tls(tmp_path: Path, docker: aiodocker.Docker, pki: dict[str, Path]) -> None:
     args = ["--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"])]
     async with em_stack(tmp_path, docker, args=args,
