@@ -309,6 +309,8 @@ class Scheduler:
         return self._queues[task.task_class].settings.max_attempts
 
     def _notify(self, task: Task) -> None:
+        if not self.listeners:
+            return
         snapshot = replace(task)
         for listener in self.listeners:
             listener(snapshot)

@@ -49,13 +49,6 @@ def insert(tx: Tx, request: TaskRequest, seq: int, run_id: str = "", step_id: st
            ) -> Submitted:
     """Store a new task, or return the existing one with the same id and the same content."""
     digest = request.content_hash()
-    row = tx.conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (request.id,)).fetchone()
-    if row is not None:
-        existing = _task(row)
-        if existing.content_hash != digest:
-            raise AlreadyExists(f"task {request.id!r} already exists with a different class, "
-                                "payload, priority or workflow_id")
-        return Submitted(existing, created=False)
     now = time.time()
     task = Task(
         id=request.id, task_class=request.task_class, payload=dict(request.payload),
@@ -63,11 +56,20 @@ def insert(tx: Tx, request: TaskRequest, seq: int, run_id: str = "", step_id: st
         timeout_seconds=request.timeout_seconds, max_attempts=request.max_attempts,
         content_hash=digest, seq=seq, submitted_at=now, run_id=run_id, step_id=step_id,
     )
-    tx.conn.execute(
-        f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 19)})",
+    # New ids are the common case: insert first, and read the row only when the id exists.
+    inserted = tx.conn.execute(
+        f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 19)}) "
+        "ON CONFLICT (id) DO NOTHING",
         (task.id, task.task_class, json.dumps(task.payload), task.priority, task.workflow_id,
          task.timeout_seconds, task.max_attempts, task.content_hash, task.seq, now,
-         task.status.value, 0, 0, "{}", "", 0.0, 0.0, run_id, step_id))
+         task.status.value, 0, 0, "{}", "", 0.0, 0.0, run_id, step_id)).rowcount
+    if not inserted:
+        existing = get(tx.conn, request.id)
+        assert existing is not None
+        if existing.content_hash != digest:
+            raise AlreadyExists(f"task {request.id!r} already exists with a different class, "
+                                "payload, priority or workflow_id")
+        return Submitted(existing, created=False)
     data = {"task_id": task.id, "class": task.task_class, "priority": str(task.priority)}
     if task.workflow_id:
         data["workflow_id"] = task.workflow_id
