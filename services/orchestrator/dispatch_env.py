@@ -118,7 +118,9 @@ class EnvManagerExecutor:
             try:
                 await client.connect()
                 await client.get_resource_availability("cpu_short", timeout=2.0)
-            except InfraUnavailable as exc:
+            except (InfraUnavailable, DeadlineExceeded) as exc:
+                # A down endpoint shows as either: the client retries UNAVAILABLE until the
+                # deadline.
                 return f"UNAVAILABLE: {exc.details}"
             except InfraError:
                 return "SERVING"  # it answered, even if it knows no such class

@@ -55,7 +55,8 @@ def queue_routes(domain: Callable[[], tuple[Store, Scheduler]],
         except DomainError as exc:
             return _error(_status_of(exc), str(exc))
         return web.json_response({"success": True, "task_id": task.id, "error": "",
-                                  "created": created, "status": task.status.value})
+                                  "created": created, "status": task.status.value},
+                                 status=201 if created else 200)
 
     return [web.get("/queue/status", status), web.post("/queue/submit", submit)]
 
