@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import importlib.util
 import os
 import signal
 import site
@@ -155,14 +154,17 @@ def _is_zombie(pid: int) -> bool:
 
 
 def _source_root() -> Path | None:
-    """The directory holding the `services` package when it is a source checkout."""
-    spec = importlib.util.find_spec("services")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(next(iter(spec.submodule_search_locations))).resolve().parent
+    """The checkout holding this `client` package and `services`, when not an installed copy.
+
+    Found from this file, not by importing "services": the caller may have a module of that
+    name of its own (an app's services.py).
+    """
+    root = Path(__file__).resolve().parent.parent
     installed = {Path(p).resolve() for p in (*site.getsitepackages(),
                                              site.getusersitepackages())}
-    return None if root in installed else root
+    if root in installed or not (root / "services" / "__init__.py").is_file():
+        return None
+    return root
 
 
 def spawn(name: str, grpc_address: str, http_address: str, args: Sequence[str],
@@ -171,7 +173,8 @@ def spawn(name: str, grpc_address: str, http_address: str, args: Sequence[str],
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / f"{name}.log"
     pid_path = state_dir / f"{name}.pid"
-    command = [sys.executable, "-m", DAEMON_MODULES[name], "--grpc-addr", grpc_address,
+    # -P: the caller's working directory is not put on the daemon's sys.path.
+    command = [sys.executable, "-P", "-m", DAEMON_MODULES[name], "--grpc-addr", grpc_address,
                "--http-addr", http_address, "--log-format", "json", *args]
     env = {k: v for k, v in os.environ.items() if k not in _STRIPPED_ENV}
     env["PYTHONUNBUFFERED"] = "1"

@@ -40,7 +40,9 @@ def task_result(message: pb.TaskResult) -> TaskResult:
         task_id=message.task_id, status=message.status, result=dict(message.result),
         error=message.error, duration_ms=message.duration_ms,
         completed_at=message.completed_at, attempts=message.attempts,
-        task_class=message.task_class,
+        task_class=message.task_class, priority=message.priority,
+        workflow_id=message.workflow_id, submitted_at=message.submitted_at,
+        started_at=message.started_at,
     )
 
 

@@ -241,7 +241,7 @@ class OrchestratorClient(ServiceClient):
                     failing_since, backoff = None, 0.1
                     last[0] = item.status
                     if item.finished:
-                        return await self.get_task_status(task_id)
+                        return item.as_status()
             except (InfraUnavailable, Cancelled):
                 # The orchestrator went away (restart, shutdown): it keeps the task; try again.
                 now = time.monotonic()

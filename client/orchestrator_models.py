@@ -90,6 +90,10 @@ class TaskResult:
     completed_at: int
     attempts: int = 0
     task_class: str = ""
+    priority: int = 0
+    workflow_id: str = ""
+    submitted_at: int = 0
+    started_at: int = 0
 
     @property
     def decoded_result(self) -> dict[str, object]:
@@ -100,6 +104,15 @@ class TaskResult:
     def finished(self) -> bool:
         """True once the task is completed, failed or cancelled."""
         return self.status in TERMINAL_STATUSES
+
+    def as_status(self) -> TaskStatus:
+        """The same facts as GetTaskStatus would give, without another call."""
+        return TaskStatus(
+            task_id=self.task_id, status=self.status, result=self.result, error=self.error,
+            attempts=self.attempts, task_class=self.task_class, priority=self.priority,
+            workflow_id=self.workflow_id, submitted_at=self.submitted_at,
+            started_at=self.started_at, completed_at=self.completed_at,
+            duration_ms=self.duration_ms)
 
 
 @dataclass(frozen=True)

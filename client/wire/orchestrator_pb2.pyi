@@ -179,6 +179,10 @@ class TaskResult(_message.Message):
     COMPLETED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     TASK_CLASS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Task the result is about."""
     status: _builtins.str
@@ -192,6 +196,11 @@ class TaskResult(_message.Message):
     attempts: _builtins.int
     """Added by agent-infra."""
     task_class: _builtins.str
+    priority: _builtins.int
+    workflow_id: _builtins.str
+    submitted_at: _builtins.int
+    """Unix seconds; 0 when not reached yet."""
+    started_at: _builtins.int
     @_builtins.property
     def result(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Task output, key -> value."""
@@ -207,10 +216,14 @@ class TaskResult(_message.Message):
         completed_at: _builtins.int = ...,
         attempts: _builtins.int = ...,
         task_class: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        workflow_id: _builtins.str = ...,
+        submitted_at: _builtins.int = ...,
+        started_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completed_at", b"completed_at", "duration_ms", b"duration_ms", "error", b"error", "result", b"result", "status", b"status", "task_class", b"task_class", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completed_at", b"completed_at", "duration_ms", b"duration_ms", "error", b"error", "priority", b"priority", "result", b"result", "started_at", b"started_at", "status", b"status", "submitted_at", b"submitted_at", "task_class", b"task_class", "task_id", b"task_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -146,7 +146,9 @@ def _task_result(task: Task) -> pb.TaskResult:
     return pb.TaskResult(
         task_id=task.id, status=task.status.value, result=task.result, error=task.error,
         duration_ms=task.duration_ms, completed_at=int(task.finished_at),
-        attempts=task.attempts, task_class=task.task_class)
+        attempts=task.attempts, task_class=task.task_class, priority=task.priority,
+        workflow_id=task.workflow_id, submitted_at=int(task.submitted_at),
+        started_at=int(task.started_at))
 
 
 def _run_update(run: Run) -> pb.WorkflowStatusUpdate:
