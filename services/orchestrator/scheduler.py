@@ -241,10 +241,13 @@ class Scheduler:
         """Run one dispatch of the task; the delay before it is queued again, or None."""
         # A task found running after a restart resumes the same attempt: not a new one.
         attempt = task.attempts if task.status is TaskState.RUNNING else task.attempts + 1
-        if not await self._store.write(lambda tx: tasks_repo.mark_running(tx, task.id, attempt)):
+        now = time.time()
+        if not await self._store.write(
+                lambda tx: tasks_repo.mark_running(tx, task.id, attempt, now)):
             return None
-        waited = time.time() - task.submitted_at
-        task.status, task.attempts, task.started_at = TaskState.RUNNING, attempt, time.time()
+        waited = now - task.submitted_at
+        # The same instant as stored, so a stream and a later read agree to the microsecond.
+        task.status, task.attempts, task.started_at = TaskState.RUNNING, attempt, now
         self._metrics.started(task.task_class, waited)
         self._notify(task)
         execution = Execution(task.execution_id, task.task_class, _dispatch_payload(task.payload),
@@ -282,12 +285,13 @@ class Scheduler:
 
     async def _finish(self, task: Task, status: TaskState, result: dict[str, str],
                       error: str) -> None:
+        now = time.time()
         changed = await self._store.write(
-            lambda tx: tasks_repo.finish(tx, task.id, status, result, error))
+            lambda tx: tasks_repo.finish(tx, task.id, status, result, error, now))
         if not changed:
             return
         task.status, task.result, task.error = status, result, error
-        task.finished_at = time.time()
+        task.finished_at = now
         self._live.pop(task.id, None)
         self._metrics.finished(task.task_class, status.value, task.duration_ms / 1000)
         self._notify(task)

@@ -77,8 +77,7 @@ def insert(tx: Tx, request: TaskRequest, seq: int, run_id: str = "", step_id: st
     return Submitted(task, created=True)
 
 
-def mark_running(tx: Tx, task_id: str, attempts: int) -> bool:
-    now = time.time()
+def mark_running(tx: Tx, task_id: str, attempts: int, now: float) -> bool:
     cursor = tx.conn.execute(
         f"UPDATE tasks SET status = 'running', attempts = ?, started_at = ? "
         f"WHERE id = ? AND {_NOT_TERMINAL}", (attempts, now, task_id))
@@ -101,10 +100,10 @@ def mark_retrying(tx: Tx, task_id: str, attempts: int, reason: str, delay: float
     return bool(cursor.rowcount)
 
 
-def finish(tx: Tx, task_id: str, status: TaskState, result: dict[str, str], error: str) -> bool:
-    """Move to a terminal state; False when the task already was in one."""
+def finish(tx: Tx, task_id: str, status: TaskState, result: dict[str, str], error: str,
+           now: float) -> bool:
+    """Move to a terminal state at `now`; False when the task already was in one."""
     assert status.terminal
-    now = time.time()
     cursor = tx.conn.execute(
         f"UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ? "
         f"WHERE id = ? AND {_NOT_TERMINAL}",
