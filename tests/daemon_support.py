@@ -41,7 +41,11 @@ def free_port() -> int:
 
 
 class NotifyListener:
-    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET.
+
+    Served by an asyncio datagram endpoint, so closing it never races a pending read (a raw
+    sock_recv cancelled at close could leave a reader on an fd the kernel hands out again).
+    """
 
     def __init__(self) -> None:
         # AF_UNIX paths are limited to ~108 bytes: keep it short, outside pytest's tmp_path.
@@ -51,26 +55,41 @@ class NotifyListener:
         self._sock.bind(self.path)
         self._sock.setblocking(False)
         self.messages: list[dict[str, str]] = []
+        self._arrived = asyncio.Event()
+        self._transport: asyncio.BaseTransport | None = None
 
-    async def receive(self) -> dict[str, str]:
-        data = await asyncio.get_running_loop().sock_recv(self._sock, 65536)
-        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-        self.messages.append(fields)
-        return fields
+    async def _ensure_open(self) -> None:
+        if self._transport is not None:
+            return
+        listener = self
+
+        class Protocol(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                lines = data.decode().splitlines()
+                listener.messages.append(dict(line.split("=", 1) for line in lines if "=" in line))
+                listener._arrived.set()
+
+        self._transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            Protocol, sock=self._sock)
 
     async def wait_for(self, key: str, value: str = "1", timeout: float = 30.0) -> dict[str, str]:
         """The first message (already received or new) that sets key=value."""
-        for message in self.messages:
-            if message.get(key) == value:
-                return message
+        await self._ensure_open()
+        seen = 0
         async with asyncio.timeout(timeout):
             while True:
-                message = await self.receive()
-                if message.get(key) == value:
-                    return message
+                for message in self.messages[seen:]:
+                    if message.get(key) == value:
+                        return message
+                seen = len(self.messages)
+                self._arrived.clear()
+                await self._arrived.wait()
 
     def close(self) -> None:
-        self._sock.close()
+        if self._transport is not None:
+            self._transport.close()
+        else:
+            self._sock.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
             os.rmdir(self._dir)

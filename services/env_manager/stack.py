@@ -90,29 +90,32 @@ class StackManager:
         else:
             # Everything: the registry's services and any container of ours it no longer knows.
             targets = registry.names + sorted(set(existing) - set(registry.names))
-        # Each service stops as soon as what depends on it is gone: no level waits for its
-        # slowest member. Containers the registry no longer knows may depend on anything: they
-        # go first.
+        # Each service stops as soon as what depends on it has exited: no level waits for its
+        # slowest member, and removing a container (a third of the time) overlaps the next
+        # stops. Containers the registry no longer knows may depend on anything: they go first.
         loop = asyncio.get_running_loop()
-        gone = {name: loop.create_future() for name in targets}
+        exited = {name: loop.create_future() for name in targets}
         orphans = [name for name in targets if name not in registry]
 
         async def stop_after_dependents(name: str) -> str:
             try:
                 waits = orphans if name in registry else []
                 if name in registry:
-                    waits = waits + [d for d in registry.dependents(name) if d in gone]
-                await asyncio.gather(*(asyncio.shield(gone[d]) for d in waits))
-                return await self._stop_one(name, existing.get(name), timeout)
+                    waits = waits + [d for d in registry.dependents(name) if d in exited]
+                await asyncio.gather(*(asyncio.shield(exited[d]) for d in waits))
+                return await self._stop_one(name, existing.get(name), timeout, exited[name])
             finally:
-                gone[name].set_result(None)
+                if not exited[name].done():
+                    exited[name].set_result(None)
 
         outcomes = await asyncio.gather(*(stop_after_dependents(name) for name in targets))
         results = dict(zip(targets, outcomes, strict=True))
         return StopOutcome(all(not r.startswith("error") for r in results.values()), results)
 
     async def _stop_one(self, name: str, state: ContainerState | None,
-                        timeout: float | None) -> str:
+                        timeout: float | None,
+                        exited: asyncio.Future[None] | None = None) -> str:
+        """Stop, then remove; `exited` resolves between the two, for what waits on this one."""
         if state is None:
             return "not running"
         grace = timeout if timeout is not None else (
@@ -121,6 +124,8 @@ class StackManager:
             try:
                 if state.running:
                     await containers.stop(self.engine, state.id, grace)
+                if exited is not None and not exited.done():
+                    exited.set_result(None)
                 await containers.remove(self.engine, state.id, force=True)
             except NotFound:
                 return "stopped"

@@ -300,16 +300,21 @@ async def test_metrics_events_and_health(tmp_path: Path, docker: aiodocker.Docke
         live: list[SystemEvent] = []
 
         async def follow() -> None:
-            async for event in client.stream_events(["task_completed"]):
-                live.append(event)
-                return
+            # From `began`: the stream may open before or after the task ends, and either way
+            # delivers its completion once (replay, then live).
+            async for event in client.stream_events(["task_completed"], since=began):
+                if event.resource_id == "t-events":
+                    live.append(event)
+                    return
 
         follower = asyncio.ensure_future(follow())
-        await asyncio.sleep(0.5)  # subscribed before the task exists: live delivery only
-        await client.submit_task("t-events", echo("e"))
-        await client.wait_for_task("t-events", timeout=60)
-        async with asyncio.timeout(30):
-            await follower
+        try:
+            await client.submit_task("t-events", echo("e"))
+            await client.wait_for_task("t-events", timeout=60)
+            async with asyncio.timeout(30):
+                await follower
+        finally:
+            follower.cancel()
         assert [(e.event_type, e.resource_id) for e in live] == [("task_completed", "t-events")]
         assert live[0].data["seq"].isdigit() and live[0].timestamp >= int(began)
 
