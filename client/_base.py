@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
@@ -15,7 +16,7 @@ from .errors import error_from_rpc
 T = TypeVar("T")
 
 
-class ServiceClient:
+class ServiceClient(abc.ABC):
     """Base of the typed clients: one channel to one daemon, opened on first use."""
 
     _target: ClassVar[ServiceTarget]
@@ -67,8 +68,9 @@ class ServiceClient:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
 
+    @abc.abstractmethod
     def _make_stub(self, channel: Any) -> Any:
-        raise NotImplementedError
+        """The generated stub of this client's service, on `channel`."""
 
     async def _ready_stub(self) -> Any:
         loop = asyncio.get_running_loop()
