@@ -19,10 +19,14 @@ from .settings import OrchestratorSettings
 from .store import Store
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+# How often grpc.health.v1 re-checks the store and each dependency (an env-manager endpoint is
+# given up to 2 s to answer).
+HEALTH_INTERVAL = 5.0
 
 
 class OrchestratorApp(DaemonApp):
     service_names = (SERVICE_NAME,)
+    health_interval = HEALTH_INTERVAL
 
     def __init__(self, settings: OrchestratorSettings) -> None:
         self._settings = settings
@@ -59,6 +63,11 @@ class OrchestratorApp(DaemonApp):
         except Exception as exc:
             return False, f"store not writable: {exc}"
         return True, "serving"
+
+    async def dependencies(self) -> dict[str, bool]:
+        # The Health RPC's `services` map, by the same names: "store", "env-manager ADDRESS"
+        # (each endpoint), "slurm" (with [slurm] enabled).
+        return {name: state == "SERVING" for name, state in (await self._domain().health()).items()}
 
     async def reload(self, settings: Any) -> None:
         assert isinstance(settings, OrchestratorSettings)

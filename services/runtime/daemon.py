@@ -3,6 +3,8 @@
 A daemon supplies a `DaemonApp` (its domain and thin servicers); `Daemon` does the rest:
 
 start:    bind gRPC and HTTP -> app.start() -> health SERVING -> READY=1
+health:   with `app.health_interval`, readiness() and dependencies() are re-checked for ever;
+          each dependency is a grpc.health.v1 service name of its own
 SIGHUP:   re-read config; apply what can change live (logging, token, the app's own); keep the
           old config when the new one is invalid
 SIGTERM:  STOPPING=1 -> health NOT_SERVING -> end response streams -> refuse new calls and let
@@ -15,7 +17,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,7 @@ FORCED_EXIT = 1
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 
 class StartupError(Exception):
@@ -64,6 +67,9 @@ class DaemonApp:
 
     #: fully qualified gRPC service names the app registers (for health and reflection)
     service_names: Sequence[str] = ()
+    #: seconds between the runtime's re-checks of readiness() and dependencies(); 0: each is
+    #: checked once, at start (an app that watches its own health sets `context.health` itself)
+    health_interval: float = 0.0
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the app's servicers to the server."""
@@ -78,6 +84,12 @@ class DaemonApp:
         """
         return True, "serving"
 
+    async def dependencies(self) -> dict[str, bool]:
+        """Whether each dependency is up, by name: each name is a grpc.health.v1 service of its
+        own (SERVING or NOT_SERVING), apart from "" and the app's services, which readiness()
+        alone decides. {} = none."""
+        return {}
+
     async def stop(self) -> None:
         """Release what start() took; called after in-flight RPCs are done."""
 
@@ -89,10 +101,12 @@ class DaemonApp:
 
 
 class HealthState:
-    """The daemon's serving state, mirrored to grpc.health.v1 for "" and each app service.
+    """The daemon's serving state, mirrored to grpc.health.v1 for "" and each app service, plus
+    one grpc.health.v1 name per dependency the app reports (`set_dependencies`).
 
     The first time it turns serving, systemd gets READY=1: a daemon whose dependency is down at
-    start (env-manager without Docker) is not ready until it is back.
+    start (env-manager without Docker) is not ready until it is back. Dependencies never hold
+    back READY=1 or "": they have their own names.
     """
 
     def __init__(self, servicer: health.aio.HealthServicer, services: Sequence[str],
@@ -101,11 +115,16 @@ class HealthState:
         self._services = ("", *services)
         self._notifier = notifier
         self._ready_status = ready_status
+        self._closed = False
         self.ready_sent = False
         self.serving = False
         self.reason = "starting"
+        #: the last state reported per dependency name
+        self.dependencies: dict[str, bool] = {}
 
     async def set(self, serving: bool, reason: str = "") -> None:
+        if self._closed:
+            return  # shutting down: NOT_SERVING for good, whatever a late check says
         changed = (serving, reason) != (self.serving, self.reason)
         self.serving, self.reason = serving, reason
         status = _SERVING if serving else _NOT_SERVING
@@ -119,7 +138,27 @@ class HealthState:
         if changed:
             log.info("health", serving=serving, reason=reason)
 
+    async def set_dependencies(self, states: Mapping[str, bool]) -> None:
+        """Each dependency's name SERVING or NOT_SERVING; a name no longer reported (a reload
+        dropped it) answers SERVICE_UNKNOWN."""
+        if self._closed:
+            return
+        clashing = [name for name in states if name in self._services]
+        if clashing:
+            # "" and the app's own names follow readiness(): a dependency may not override them.
+            log.error("dependency_name_clash", names=clashing)
+        current = {name: up for name, up in states.items() if name not in self._services}
+        for name, up in current.items():
+            await self._servicer.set(name, _SERVING if up else _NOT_SERVING)
+            if self.dependencies.get(name) != up:
+                log.info("dependency_health", dependency=name, serving=up)
+        for name in self.dependencies.keys() - current.keys():
+            await self._servicer.set(name, _UNKNOWN)
+            log.info("dependency_health", dependency=name, serving=None, reason="no longer used")
+        self.dependencies = current
+
     async def shut_down(self) -> None:
+        self._closed = True
         self.serving, self.reason = False, "shutting down"
         await self._servicer.enter_graceful_shutdown()
 
@@ -147,6 +186,7 @@ class Daemon:
             f"serving gRPC on {cfg.grpc_addr}, HTTP on {cfg.http_addr}",
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._health_loop: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -207,6 +247,8 @@ class Daemon:
         )
         self._spawn(self._notifier.run_watchdog())
         await self.health.set(*await self._app.readiness())
+        # After READY=1: a dependency that is slow to answer must not delay it.
+        self._health_loop = asyncio.get_running_loop().create_task(self._watch_health())
         log.info("started", daemon=self._spec.daemon, version=self._version,
                  grpc_addr=str(cfg.grpc_addr), http_addr=str(cfg.http_addr),
                  tls=self._settings.tls.enabled,
@@ -216,6 +258,10 @@ class Daemon:
         grace = self._settings.server.shutdown_grace
         log.info("shutting_down", grace_seconds=grace)
         began = time.monotonic()
+        if self._health_loop is not None:
+            # Its checks use what app.stop() releases.
+            self._health_loop.cancel()
+            await asyncio.gather(self._health_loop, return_exceptions=True)
         await self.health.shut_down()
         stopping = asyncio.ensure_future(server.stop(grace))
         # One loop turn lets grpc start refusing new calls before anyone is told we stop.
@@ -229,6 +275,29 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         log.info("stopped", seconds=round(time.monotonic() - began, 3))
+
+    async def _watch_health(self) -> None:
+        """Dependencies now, then readiness and dependencies every `app.health_interval`."""
+        await self._check_dependencies()
+        interval = self._app.health_interval
+        while interval > 0:
+            await asyncio.sleep(interval)
+            await asyncio.gather(self._check_readiness(), self._check_dependencies())
+
+    async def _check_readiness(self) -> None:
+        try:
+            serving, reason = await self._app.readiness()
+        except Exception as exc:  # a check that fails says so; it never ends the loop
+            serving, reason = False, f"readiness check failed: {exc}"
+        await self.health.set(serving, reason)
+
+    async def _check_dependencies(self) -> None:
+        try:
+            states = await self._app.dependencies()
+        except Exception:
+            log.exception("dependency_check_failed")
+            return
+        await self.health.set_dependencies(states)
 
     def _on_stop_signal(self, signum: int) -> None:
         self._signals += 1
@@ -271,6 +340,8 @@ class Daemon:
             "healthy": self.health.serving,
             "status": "SERVING" if self.health.serving else "NOT_SERVING",
             "reason": self.health.reason,
+            "dependencies": {name: "SERVING" if up else "NOT_SERVING"
+                             for name, up in self.health.dependencies.items()},
             "daemon": self._spec.daemon,
             "version": self._version,
         }
