@@ -30,26 +30,48 @@ def go_code_name(code: grpc.StatusCode) -> str:
     return "".join(part.capitalize() for part in code.name.split("_"))
 
 
+class _MethodSeries:
+    """One method's metric children, looked up once: labels() takes a lock and builds a key."""
+
+    def __init__(self, observer: RpcObserver, info: RpcInfo) -> None:
+        self.labels = (info.kind, info.service, info.method)
+        self.started = observer.started.labels(*self.labels)
+        self.seconds = observer.seconds.labels(*self.labels)
+        self._handled_family = observer.handled
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self._handled_family.labels(
+                *self.labels, go_code_name(code))
+        return child
+
+
 class RpcObserver:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._started = Counter(
+        self.started = Counter(
             "grpc_server_started_total", "RPCs started on the server.", _LABELS,
             registry=registry,
         )
-        self._handled = Counter(
+        self.handled = Counter(
             "grpc_server_handled_total", "RPCs completed on the server, by status code.",
             (*_LABELS, "grpc_code"), registry=registry,
         )
-        self._seconds = Histogram(
+        self.seconds = Histogram(
             "grpc_server_handling_seconds", "Time from the start of an RPC to its status.",
             _LABELS, registry=registry,
         )
+        # Keyed by method: the server's methods are a fixed, small set.
+        self._series: dict[str, _MethodSeries] = {}
 
     async def __call__(
         self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any], invoke: Invoke
     ) -> Any:
-        labels = (info.kind, info.service, info.method)
-        self._started.labels(*labels).inc()
+        series = self._series.get(info.full_method)
+        if series is None:
+            series = self._series[info.full_method] = _MethodSeries(self, info)
+        series.started.inc()
         began = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN
         try:
@@ -70,10 +92,13 @@ class RpcObserver:
             raise
         finally:
             elapsed = time.perf_counter() - began
-            self._handled.labels(*labels, go_code_name(code)).inc()
-            self._seconds.labels(*labels).observe(elapsed)
+            series.handled(code).inc()
+            series.seconds.observe(elapsed)
             log.info("rpc", method=info.full_method, code=code.name,
                      duration_ms=round(elapsed * 1000, 3), peer=context.peer())
+
+
+_CODES_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}
 
 
 def _context_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode | None:
@@ -83,7 +108,4 @@ def _context_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCod
     if isinstance(code, grpc.StatusCode):
         return code
     # grpc.aio reports the code as the core's integer value.
-    for status in grpc.StatusCode:
-        if status.value[0] == code:
-            return status
-    return None
+    return _CODES_BY_VALUE.get(code)
