@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -14,6 +15,11 @@ from .daemon import Daemon, DaemonApp, StartupError
 from .settings import DaemonSettings
 
 STARTUP_ERROR_EXIT = 1
+# Allocations between young-generation collections (CPython's default is 700). Each in-flight RPC
+# holds dozens of container objects, so with the default nearly every collection found them still
+# alive and carried them into older generations to be traversed again; a larger young generation
+# lets most of them die first. Profiling a busy orchestrator put the collector at ~9% of its CPU.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def package_version() -> str:
@@ -42,8 +48,21 @@ def run_daemon(
     settings: DaemonSettings = loaded.settings  # type: ignore[assignment]
     logs.configure_logging(settings.log.level, settings.log.format)
     daemon = Daemon(spec, settings, make_app(settings), reload_args=args, version=version)
+
+    async def serve() -> int:
+        logs.bind_to_loop(asyncio.get_running_loop())
+        try:
+            return await daemon.run()
+        finally:
+            logs.bind_to_loop(None)
+
+    # What is alive now (modules, config) lives as long as the process: the collector need not
+    # traverse it on every full collection.
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
     try:
-        return asyncio.run(daemon.run())
+        return asyncio.run(serve())
     except StartupError as exc:
         logs.get_logger("daemon").error("startup_failed", error=str(exc))
         print(f"{spec.daemon}: {exc}", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import threading
 from typing import Any, TextIO
 
 import structlog
@@ -11,9 +13,66 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
+# Bumped by every configure_logging(), so loggers bound under an older set-up bind again.
+_generation = 0
+
+
+class _LogStream:
+    """The stream log lines go to, flushed once per event-loop turn on the loop's thread.
+
+    structlog flushes after every line. A daemon logs each RPC, and a write syscall per line cost
+    more than formatting it, so on the loop's thread the flush waits for the loop's next turn:
+    the lines of one turn leave in one write, none later than that turn. From other threads, or
+    with no loop bound, each line is flushed at once.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._flush_scheduled = False
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        if self._loop is not None and threading.get_ident() == self._loop_thread:
+            if self._flush_scheduled:
+                return
+            try:
+                self._loop.call_soon(self._scheduled_flush)
+                self._flush_scheduled = True
+                return
+            except RuntimeError:  # the loop is closed: nothing would run the callback
+                pass
+        self.flush_now()
+
+    def flush_now(self) -> None:
+        with self._lock:
+            self._stream.flush()
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush_now()
+
+    def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.flush_now()
+        self._loop = loop
+        self._loop_thread = threading.get_ident() if loop is not None else None
+        self._flush_scheduled = False
+
+
+_stream: _LogStream | None = None
+
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """(Re)configure logging; safe to call again on reload."""
+    global _generation, _stream
     out = stream or sys.stdout
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
@@ -30,15 +89,49 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     if use_json:
         processors.append(structlog.processors.format_exc_info)
     processors.append(renderer)
+    previous = _stream
+    _stream = _LogStream(out)
+    if previous is not None:
+        previous.flush_now()
+        _stream.bind(previous._loop)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(_stream),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+    _generation += 1
     # Libraries (grpc, aiohttp, asyncio) log through the standard library: keep their warnings.
     logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr, force=True)
 
 
+def bind_to_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Flush log lines written on `loop`'s thread once per loop turn; None: flush each at once
+    (and flush what is pending). A daemon binds its loop while it runs."""
+    if _stream is not None:
+        _stream.bind(loop)
+
+
+class _Logger:
+    """A named logger, bound once per logging configuration.
+
+    structlog's lazy proxy builds a new bound logger on every call; its own cache would keep a
+    logger on the configuration it first saw, and a SIGHUP may change the level.
+    """
+
+    __slots__ = ("_bound", "_generation", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._bound: Any = None
+        self._generation = -1
+
+    def __getattr__(self, attribute: str) -> Any:
+        if self._generation != _generation:
+            self._bound = structlog.get_logger(self._name).bind()
+            self._generation = _generation
+        return getattr(self._bound, attribute)
+
+
 def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+    return _Logger(name)
