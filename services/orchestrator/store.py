@@ -3,7 +3,10 @@
 Every write is a small function run inside a transaction on the writer thread. Writes that arrive
 while a commit is in flight wait and go together in the next transaction, so one fsync covers
 many acknowledged submits: durability at the cost of one disk flush per batch, not per call.
-Each write runs in its own savepoint, so one failing write never takes its batch-mates down.
+One failing write never takes its batch-mates down: a batch first runs as one plain
+transaction; if a write in it raises, that transaction is rolled back and the batch runs again
+with a savepoint around each write (so a write must be a function of the transaction alone: it
+may run twice). Savepoints cost two statements per write, so they are paid only when needed.
 
 Events are inserted by the same transaction as the change they describe and published to
 subscribers only after the commit, in sequence order.
@@ -91,6 +94,8 @@ class _Write(Generic[T]):
 
 class Store:
     def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+        # Looked up once: on Python 3.11 each asyncio.get_running_loop() is a getpid() syscall.
+        self._loop = asyncio.get_running_loop()
         self.path = path
         self._writer = writer
         self._reader = reader
@@ -125,12 +130,12 @@ class Store:
         except sqlite3.Error as exc:
             raise Unavailable(f"store {path} cannot be opened: {exc}") from exc
         store = cls(path, writer, reader)
-        store._loop_task = asyncio.get_running_loop().create_task(store._commit_loop())
+        store._loop_task = store._loop.create_task(store._commit_loop())
         return store
 
     async def write(self, apply: Callable[[Tx], T]) -> T:
         """Run `apply` in the next group commit; returns once it is on disk."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = self._loop.create_future()
         self._pending.append(_Write(apply, future))
         self._idle.clear()
         self._wake.set()
@@ -138,11 +143,10 @@ class Store:
 
     async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Run `query` on the reader connection (WAL: readers never wait for the writer)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._read_thread, query, self._reader)
+        return await self._loop.run_in_executor(self._read_thread, query, self._reader)
 
     async def _commit_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -178,28 +182,53 @@ class Store:
 
     def _commit(self, batch: list[_Write[Any]]) -> tuple[list[tuple[bool, Any]], list[Event]]:
         conn = self._writer
-        outcomes: list[tuple[bool, Any]] = []
-        events: list[Event] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for write in batch:
-                tx = Tx(conn)
-                conn.execute("SAVEPOINT one_write")
-                try:
-                    value = write.apply(tx)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO one_write")
-                    conn.execute("RELEASE one_write")
-                    outcomes.append((False, exc))
-                    continue
-                conn.execute("RELEASE one_write")
-                outcomes.append((True, value))
-                events.extend(tx.events)
+            done = self._apply_all(conn, batch)
+            if done is None:  # a write failed: run the batch again, each write on its own
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                done = self._apply_each(conn, batch)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        return done
+
+    @staticmethod
+    def _apply_all(conn: sqlite3.Connection, batch: list[_Write[Any]]
+                   ) -> tuple[list[tuple[bool, Any]], list[Event]] | None:
+        """Every write in the open transaction; None as soon as one raises."""
+        tx = Tx(conn)
+        outcomes: list[tuple[bool, Any]] = []
+        for write in batch:
+            try:
+                outcomes.append((True, write.apply(tx)))
+            except Exception:
+                return None
+        return outcomes, tx.events
+
+    @staticmethod
+    def _apply_each(conn: sqlite3.Connection, batch: list[_Write[Any]]
+                    ) -> tuple[list[tuple[bool, Any]], list[Event]]:
+        """Every write in its own savepoint: a failing one is undone and reported alone."""
+        outcomes: list[tuple[bool, Any]] = []
+        events: list[Event] = []
+        for write in batch:
+            tx = Tx(conn)
+            conn.execute("SAVEPOINT one_write")
+            try:
+                value = write.apply(tx)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO one_write")
+                conn.execute("RELEASE one_write")
+                outcomes.append((False, exc))
+                continue
+            conn.execute("RELEASE one_write")
+            outcomes.append((True, value))
+            events.extend(tx.events)
         return outcomes, events
 
     async def check_writable(self) -> None:
@@ -213,7 +242,7 @@ class Store:
             await self._idle.wait()
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(self._write_thread, self._writer.close)
-        await asyncio.get_running_loop().run_in_executor(self._read_thread, self._reader.close)
+        await self._loop.run_in_executor(self._write_thread, self._writer.close)
+        await self._loop.run_in_executor(self._read_thread, self._reader.close)
         self._write_thread.shutdown(wait=True)
         self._read_thread.shutdown(wait=True)
