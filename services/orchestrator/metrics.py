@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -111,6 +112,10 @@ class OrchestratorMetrics:
         self._values: dict[str, dict[str, float]] = {family: {} for family in PER_CLASS}
         self._waits = _Latency()
         self._runs = _Latency()
+        # Series children by family, then class: labels() takes a lock and builds a key, and the
+        # scheduler reports on every submit, dispatch and completion.
+        self._children: dict[str, dict[str, Any]] = {
+            family: {} for family in (*PER_CLASS, "dispatch_latency", "duration")}
         self.register_classes(classes)
 
     def register_classes(self, classes: Iterable[str]) -> None:
@@ -127,7 +132,7 @@ class OrchestratorMetrics:
         """A task began executing `waited_seconds` after it was submitted."""
         waited = max(0.0, waited_seconds)
         self._touch(cls)
-        self._dispatch_latency.labels(cls).observe(waited)
+        self._children["dispatch_latency"][cls].observe(waited)
         self._waits.observe(waited)
 
     def finished(self, cls: str, status: str, duration_seconds: float | None) -> None:
@@ -139,7 +144,7 @@ class OrchestratorMetrics:
         self._count(outcome, cls)
         if duration_seconds is not None:
             duration = max(0.0, duration_seconds)
-            self._duration.labels(cls).observe(duration)
+            self._children["duration"][cls].observe(duration)
             self._runs.observe(duration)
 
     def retried(self, cls: str) -> None:
@@ -148,7 +153,7 @@ class OrchestratorMetrics:
     def set_queue(self, cls: str, pending: int, running: int) -> None:
         self._touch(cls)
         for family, value in (("queue_depth", pending), ("running", running)):
-            self._gauges[family].labels(cls).set(value)
+            self._children[family][cls].set(value)
             self._values[family][cls] = float(value)
 
     # -- read by GetMetrics ----------------------------------------------------------------
@@ -205,7 +210,7 @@ class OrchestratorMetrics:
 
     def _count(self, family: str, cls: str) -> None:
         self._touch(cls)
-        self._counters[family].labels(cls).inc()
+        self._children[family][cls].inc()
         self._values[family][cls] += 1
 
     def _touch(self, cls: str) -> None:
@@ -214,9 +219,9 @@ class OrchestratorMetrics:
             return
         for family in PER_CLASS:
             self._values[family][cls] = 0.0
-        for counter in self._counters.values():
-            counter.labels(cls)
-        for gauge in self._gauges.values():
-            gauge.labels(cls)
-        self._dispatch_latency.labels(cls)
-        self._duration.labels(cls)
+        for family, counter in self._counters.items():
+            self._children[family][cls] = counter.labels(cls)
+        for family, gauge in self._gauges.items():
+            self._children[family][cls] = gauge.labels(cls)
+        self._children["dispatch_latency"][cls] = self._dispatch_latency.labels(cls)
+        self._children["duration"][cls] = self._duration.labels(cls)

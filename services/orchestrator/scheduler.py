@@ -184,7 +184,7 @@ class Scheduler:
     async def get(self, task_id: str) -> Task:
         live = self._live.get(task_id)
         if live is not None:
-            return replace(live)
+            return live.snapshot()
         found = await self._store.read(lambda conn: tasks_repo.get(conn, task_id))
         if found is None:
             raise NotFound(f"task {task_id!r:.140} not found")
@@ -192,7 +192,7 @@ class Scheduler:
 
     async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
         stored = await self._store.read(lambda conn: tasks_repo.get_many(conn, list(task_ids)))
-        return [replace(self._live[t.id]) if t.id in self._live else t for t in stored]
+        return [self._live[t.id].snapshot() if t.id in self._live else t for t in stored]
 
     def queue_depths(self) -> dict[str, tuple[int, int]]:
         """class -> (pending, running) right now."""
@@ -315,7 +315,7 @@ class Scheduler:
     def _notify(self, task: Task) -> None:
         if not self.listeners:
             return
-        snapshot = replace(task)
+        snapshot = task.snapshot()
         for listener in self.listeners:
             listener(snapshot)
 
