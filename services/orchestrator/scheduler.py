@@ -50,7 +50,10 @@ class ClassQueue:
     def push(self, task: Task) -> None:
         heapq.heappush(self.heap, (-task.priority, task.seq, task.id))
         self.queued.add(task.id)
-        self.wake.set()
+        # A class at its limit is woken by the completion that frees a slot; waking its loop
+        # for every submit into a backlog would only make it look and sleep again.
+        if self.running < self.settings.concurrency:
+            self.wake.set()
 
     def pop(self) -> str | None:
         while self.heap:
