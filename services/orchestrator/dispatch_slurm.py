@@ -19,7 +19,10 @@ Payload keys (all optional but command; any other key is refused as INVALID_ARGU
 The job runs with `--export=NONE` (the orchestrator's environment, secrets included, stays out
 of it; Slurm sets up the user's own login environment) and `--no-requeue` (Slurm must not run a
 command a second time by itself). Timeouts are enforced in seconds inside the job (coreutils
-`timeout`), with Slurm's `--time` in whole minutes one minute later as the backstop.
+`timeout`), with Slurm's `--time` in whole minutes one minute later as the backstop. Time spent
+queued is bounded too: a job still PENDING `slurm.pending_timeout` after sbatch (by default the
+task's own timeout) is cancelled (only while still pending, so a job that has just started runs
+on) and its task fails as never started.
 
 States come from squeue while the job is active, then from `scontrol show job` (kept by slurmctld
 for MinJobAge after the end, with no accounting database needed), then from sacct when the
@@ -27,8 +30,8 @@ cluster has accounting, and at last from the job's own exit record.
 
 Result map (all strings): job_id, state (Slurm's job state), exit_code, signal, stdout, stderr
 (each the first output_limit_bytes) with stdout_truncated/stderr_truncated and
-stdout_bytes/stderr_bytes, duration_ms, timed_out, timeout_s. success is true only for COMPLETED
-with exit code 0.
+stdout_bytes/stderr_bytes, duration_ms, timed_out, timeout_s; never_started ("true") when it was
+cancelled for staying pending. success is true only for COMPLETED with exit code 0.
 """
 
 from __future__ import annotations
@@ -471,9 +474,14 @@ class SlurmExecutor:
         id that Slurm has since given to another job (ids restart with a new cluster state)
         must not be taken for ours."""
         outage_since: float | None = None
+        # When sbatch answered (the job record is written right then): what PENDING counts from,
+        # across re-dispatches and orchestrator restarts.
+        submitted = await asyncio.to_thread(_written_at, files.job_record)
+        started = False
+        never_started = ""  # the task's error, once the job was cancelled for staying pending
         while True:
             try:
-                state = await self._active_state(job_id, name)
+                state, reason = await self._active_state(job_id, name)
                 end = None if state else await self._job_end(job_id, name)
             except TransientFailure as exc:
                 # The job runs on without the controller; keep following it for a while.
@@ -491,25 +499,64 @@ class SlurmExecutor:
             outage_since = None
             # (squeue and scontrol may cross as the job ends: scontrol saying active wins.)
             if state or (end is not None and end.state in ACTIVE_STATES):
+                if (state or (end.state if end else "")) != "PENDING":
+                    started = True
+                elif not started and not never_started:
+                    never_started = await self._expire_pending(
+                        job_id, name, reason or (end.reason if end else ""), submitted,
+                        execution)
                 await asyncio.sleep(self._settings.poll_interval)
                 continue
             # Ended; `end` is None when Slurm has forgotten the job: the exit record tells.
-            return await asyncio.to_thread(self._outcome, job_id, end, execution, files)
+            outcome = await asyncio.to_thread(self._outcome, job_id, end, execution, files)
+            # Cancelled by us and its command never ran (no exit record): it never started.
+            if (never_started and not started
+                    and outcome.result.get("state") in ("CANCELLED", "UNKNOWN")
+                    and not await asyncio.to_thread(files.exit_record.exists)):
+                return ExecutionOutcome(False, {**outcome.result, "never_started": "true"},
+                                        never_started)
+            return outcome
 
-    async def _active_state(self, job_id: str, name: str) -> str:
-        """The job's state while squeue lists it (pending, running, completing), else ''."""
+    async def _expire_pending(self, job_id: str, name: str, reason: str, submitted: float,
+                              execution: Execution) -> str:
+        """'' while the job may wait on; past its pending limit, scancel it (only if it is still
+        pending: one that has just started runs on) and return the task's error."""
+        configured = self._settings.pending_timeout
+        limit = configured or max(execution.timeout_seconds, 1)
+        waited = time.time() - submitted
+        if waited < limit:
+            return ""
+        try:
+            await self._run([self._settings.scancel, f"--name={name}", f"--user={self._uid}",
+                             "--state=PENDING"])
+        except (TransientFailure, SlurmCommandFailed) as exc:
+            log.warning("slurm_pending_cancel_failed", execution_id=execution.execution_id,
+                        job_id=job_id, error=str(exc))
+            return ""  # asked again at the next poll
+        why = f" ({reason})" if reason and reason != "None" else ""
+        limit_text = (f"slurm.pending_timeout {limit:g} s" if configured
+                      else f"the task's timeout of {limit:g} s")
+        log.warning("slurm_never_started", execution_id=execution.execution_id, job_id=job_id,
+                    waited_s=round(waited, 1), reason=reason)
+        return (f"never started: Slurm job {job_id} was still PENDING{why} after {waited:.0f} s "
+                f"({limit_text}); it was cancelled")
+
+    async def _active_state(self, job_id: str, name: str) -> tuple[str, str]:
+        """The job's state while squeue lists it (pending, running, completing), else '', and
+        Slurm's reason for it (why it is pending)."""
         try:
             out = await self._run([self._settings.squeue, f"--jobs={job_id}", "--noheader",
-                                   "--format=%T|%j"])
+                                   "--format=%T|%j|%r"])
         except SlurmCommandFailed as exc:
             if UNKNOWN_JOB in str(exc).lower():
-                return ""
+                return "", ""
             raise TransientFailure(f"squeue: {exc}") from None
         for line in out.splitlines():
-            state, _, listed_name = line.strip().partition("|")
+            state, _, rest = line.strip().partition("|")
+            listed_name, _, reason = rest.partition("|")
             if listed_name == name and state in ACTIVE_STATES:
-                return state
-        return ""
+                return state, reason.strip()
+        return "", ""
 
     async def _job_end(self, job_id: str, name: str) -> JobEnd | None:
         """How the job ended, from scontrol, else sacct; None when neither knows it any more."""
@@ -656,6 +703,14 @@ def _error(job_id: str, state: str, exit_code: int | None, signal: int | None, t
         return (f"{job} ended, but Slurm no longer knows it and it left no exit record "
                 "(cancelled, timed out or lost with its node)")
     return f"{job} ended {state}{why}"
+
+
+def _written_at(path: Path) -> float:
+    """When the file was last written (wall clock), or now when it is not there."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
 
 
 def _read_job_record(path: Path) -> str:

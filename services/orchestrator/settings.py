@@ -77,6 +77,9 @@ class SlurmSettings(Section):
     outage_grace: Duration = Field(600.0, gt=0)
     # Job files older than this are removed.
     retention: Duration = Field(7 * 24 * 3600.0, gt=0)
+    # How long a job may stay PENDING in Slurm (from sbatch) before it is cancelled and its task
+    # fails as never started. 0: the task's own timeout, so no task waits longer than it may run.
+    pending_timeout: Duration = Field(0.0, ge=0)
 
 
 DEFAULT_CLASSES = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +28,9 @@ from services.runtime.errors import FailedPrecondition, NotFound
 from tests.slurm_support import jobs_named, slurm, start_cluster, stop_controller
 
 POLL = 0.2
+# Two nodes of a one-node cluster: sbatch accepts the job, which stays PENDING (for a reason
+# such as PartitionNodeLimit or PartitionConfig).
+IMPOSSIBLE = ["--nodes=2"]
 
 
 @pytest.fixture(scope="session")
@@ -179,6 +183,24 @@ async def test_gpus_the_cluster_lacks_are_refused(executor: SlurmExecutor) -> No
     assert outcome.result["state"] == "REFUSED"
     assert outcome.error.startswith("sbatch refused the job:")
     assert "gres" in outcome.error.lower()
+
+
+async def test_job_pending_past_its_timeout_is_cancelled(slurm_cluster: float,
+                                                        work_dir: Path) -> None:
+    executor = SlurmExecutor(slurm_settings(sbatch_args=IMPOSSIBLE), work_dir)
+    started = time.monotonic()
+    outcome = await executor.execute(execution({"command": "echo never"}, timeout=2))
+    elapsed = time.monotonic() - started
+    assert not outcome.success
+    job_id = outcome.result["job_id"]
+    assert re.match(rf"never started: Slurm job {job_id} was still PENDING \(Partition\w+\) "
+                    r"after \d+ s", outcome.error), outcome
+    assert outcome.error.endswith("(the task's timeout of 2 s); it was cancelled")
+    assert outcome.result["never_started"] == "true"
+    assert outcome.result["state"] == "CANCELLED"
+    assert outcome.result["stdout"] == ""
+    await wait_job_state(job_id, "CANCELLED")
+    assert 2 <= elapsed < 20, f"a 2 s timeout took {elapsed:.1f}s"
 
 
 # -- re-dispatch: one execution, one job ---------------------------------------------------

@@ -403,3 +403,122 @@ def test_old_job_files_are_pruned_and_others_left(tmp_path: Path) -> None:
     executor._prepare_dir()
     assert [p.exists() for p in old] == [False, False]
     assert all(p.exists() for p in kept)
+
+
+# -- a job left PENDING is bounded ------------------------------------------------------------
+
+UP = 'if [ "$1" = ping ]; then echo "Slurmctld(primary) at h is UP"; exit 0; fi\n'
+
+
+def counting(body: str) -> str:
+    """A fake command body that knows how often it ran before ($n, from 1)."""
+    return ('n=$(cat "$0.n" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$0.n"\n'
+            + body)
+
+
+def pending_job(tmp_path: Path, waited: float, **commands: str) -> tuple[SlurmSettings, Path,
+                                                                         str]:
+    """Job 17 of execution job-1, submitted `waited` seconds ago, by fake Slurm commands that
+    keep it PENDING until scancel (logging its arguments) cancels it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    name = job_name("job-1", JobFiles.of(work, "job-1").key)
+    record = JobFiles.of(work, "job-1").job_record
+    record.write_text("17\n")
+    os.utime(record, (time.time() - waited, time.time() - waited))
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    cancelled = bins / "cancelled"
+    defaults = {
+        "squeue": f'[ -e {cancelled} ] || echo "PENDING|{name}|Resources"',
+        "scontrol": UP + f'if [ -e {cancelled} ]; then echo "JobId=17 JobName={name} '
+                         'JobState=CANCELLED Reason=Resources ExitCode=0:0 RunTime=00:00:00"; '
+                         f'else echo "JobId=17 JobName={name} JobState=PENDING '
+                         'Reason=Resources ExitCode=0:0 RunTime=00:00:00"; fi',
+        "scancel": f'echo "$@" >> "$0.log"; touch {cancelled}',
+    }
+    settings = fake_settings(tmp_path, **{**defaults, **commands})
+    scancel = fake_command(bins / "scancel", commands.get("scancel", defaults["scancel"]))
+    return settings.model_copy(update={"scancel": scancel}), work, name
+
+
+def name_commands(name: str, *commands: str) -> None:
+    """Put the job's name where the fake commands say NAME."""
+    for command in commands:
+        path = Path(command)
+        path.write_text(path.read_text().replace("NAME", name))
+
+
+def scancel_calls(settings: SlurmSettings) -> list[list[str]]:
+    log = Path(settings.scancel + ".log")
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def test_a_job_pending_past_the_tasks_timeout_is_cancelled(tmp_path: Path) -> None:
+    settings, work, name = pending_job(tmp_path, waited=120)
+    outcome = await asyncio.wait_for(SlurmExecutor(settings, work).execute(slurm_execution()), 10)
+    assert not outcome.success
+    assert outcome.error.startswith("never started: Slurm job 17 was still PENDING (Resources) "
+                                    "after 12"), outcome.error
+    assert outcome.error.endswith("s (the task's timeout of 60 s); it was cancelled")
+    assert outcome.result["never_started"] == "true"
+    assert outcome.result["state"] == "CANCELLED"
+    # Only while still pending: a job that has just started is never cancelled by this.
+    assert scancel_calls(settings) == [[f"--name={name}", f"--user={os.getuid()}",
+                                        "--state=PENDING"]]
+    assert calls(settings.sbatch) == 0
+
+
+async def test_slurm_pending_timeout_replaces_the_tasks_timeout(tmp_path: Path) -> None:
+    settings, work, _ = pending_job(tmp_path, waited=0)
+    settings = settings.model_copy(update={"pending_timeout": 0.3})
+    started = time.monotonic()
+    outcome = await asyncio.wait_for(SlurmExecutor(settings, work).execute(slurm_execution()), 10)
+    assert time.monotonic() - started < 5
+    assert "(slurm.pending_timeout 0.3 s); it was cancelled" in outcome.error
+    assert outcome.result["never_started"] == "true"
+    assert SlurmSettings().pending_timeout == 0  # by default, the task's own timeout
+
+
+async def test_a_job_pending_within_its_time_is_left_alone(tmp_path: Path) -> None:
+    # Pending for three polls, then running, then done: a minute's timeout is far off.
+    settings, work, name = pending_job(
+        tmp_path, waited=0,
+        squeue=counting('if [ "$n" -le 3 ]; then echo "PENDING|NAME|Priority"; '
+                        'elif [ "$n" -le 5 ]; then echo "RUNNING|NAME|None"; fi'),
+        scontrol=UP + 'echo "JobId=17 JobName=NAME JobState=COMPLETED ExitCode=0:0"')
+    name_commands(name, settings.squeue, settings.scontrol)
+    outcome = await asyncio.wait_for(SlurmExecutor(settings, work).execute(slurm_execution()), 10)
+    assert outcome.success, outcome
+    assert "never_started" not in outcome.result
+    assert scancel_calls(settings) == []
+
+
+@pytest.mark.parametrize("first", ["PENDING", "RUNNING"])
+async def test_a_job_that_has_started_runs_on_past_the_pending_limit(tmp_path: Path,
+                                                                     first: str) -> None:
+    """RUNNING: seen started, so never cancelled. PENDING: it starts as the limit passes, so
+    `scancel --state=PENDING` finds nothing to cancel and the job runs to its end."""
+    settings, work, name = pending_job(
+        tmp_path, waited=120,
+        squeue=counting(f'if [ "$n" -le 1 ]; then echo "{first}|NAME|None"; '
+                        'elif [ "$n" -le 3 ]; then echo "RUNNING|NAME|None"; fi'),
+        scontrol=UP + 'echo "JobId=17 JobName=NAME JobState=COMPLETED ExitCode=0:0"',
+        scancel='echo "$@" >> "$0.log"')  # a job no longer pending: nothing to cancel
+    name_commands(name, settings.squeue, settings.scontrol)
+    outcome = await asyncio.wait_for(SlurmExecutor(settings, work).execute(slurm_execution()), 10)
+    assert outcome.success, outcome
+    assert "never_started" not in outcome.result
+    assert len(scancel_calls(settings)) == (1 if first == "PENDING" else 0)
+
+
+async def test_a_failed_pending_cancel_is_tried_again(tmp_path: Path) -> None:
+    bins_cancelled = tmp_path / "bin" / "cancelled"
+    settings, work, _ = pending_job(tmp_path, waited=120, scancel=counting(
+        'echo "$@" >> "$0.log"\n'
+        'if [ "$n" -le 1 ]; then echo "scancel: error: Unable to contact slurm controller" >&2; '
+        f"exit 1; fi\ntouch {bins_cancelled}"))
+    outcome = await asyncio.wait_for(SlurmExecutor(settings, work).execute(slurm_execution()), 10)
+    assert outcome.error.startswith("never started: Slurm job 17"), outcome
+    assert len(scancel_calls(settings)) == 2
+
