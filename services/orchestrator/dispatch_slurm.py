@@ -32,6 +32,10 @@ Result map (all strings): job_id, state (Slurm's job state), exit_code, signal, 
 (each the first output_limit_bytes) with stdout_truncated/stderr_truncated and
 stdout_bytes/stderr_bytes, duration_ms, timed_out, timeout_s; never_started ("true") when it was
 cancelled for staying pending. success is true only for COMPLETED with exit code 0.
+
+The settings can change while the executor runs (`reconfigure`, on SIGHUP): each command and
+poll reads the current ones, so new jobs take a new partition or sbatch_args and the jobs being
+followed carry on under the new poll interval, command paths and limits.
 """
 
 from __future__ import annotations
@@ -323,6 +327,7 @@ def _flag(value: bool) -> str:
 
 class SlurmExecutor:
     def __init__(self, settings: SlurmSettings, work_dir: Path) -> None:
+        # Every use reads self._settings anew: `reconfigure` swaps it while jobs are followed.
         self._settings = settings
         self._work_dir = work_dir.absolute()  # sbatch resolves relative paths elsewhere
         self._uid = str(os.getuid())
@@ -387,6 +392,15 @@ class SlurmExecutor:
 
     async def health(self) -> dict[str, str]:
         return {"slurm": await self._ping()}
+
+    @property
+    def settings(self) -> SlurmSettings:
+        return self._settings
+
+    def reconfigure(self, settings: SlurmSettings) -> None:
+        """Use new settings from now on: for new submissions, and for the jobs in flight at
+        their next poll. The work dir stays the one given at start (jobs in flight live there)."""
+        self._settings = settings
 
     async def close(self) -> None:
         return None

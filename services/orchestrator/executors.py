@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
+
+from services.runtime.logs import get_logger
 
 from .dispatch_env import EnvManagerExecutor
 from .dispatch_slurm import SLURM_CLASS, SlurmExecutor
 from .executor import Execution, ExecutionOutcome, Executor
-from .settings import OrchestratorSettings
+from .settings import OrchestratorSettings, SlurmSettings
+
+log = get_logger("executors")
 
 NO_SLURM = (f"{SLURM_CLASS} needs a Slurm executor and none is configured "
             "(set [slurm] enabled = true)")
@@ -65,6 +70,47 @@ def build_executor(settings: OrchestratorSettings) -> Executor:
                                   {SLURM_CLASS: NO_SLURM})
     env_manager = EnvManagerExecutor(settings.env_managers, settings.dispatch.availability_check,
                                      {SLURM_CLASS: "gpu_slurm runs on Slurm, not env-manager"})
-    work_dir = settings.slurm.work_dir or settings.store.data_dir / "slurm"
-    return RoutingExecutor({SLURM_CLASS: SlurmExecutor(settings.slurm, work_dir)}, env_manager)
+    return RoutingExecutor({SLURM_CLASS: SlurmExecutor(settings.slurm, slurm_work_dir(settings))},
+                           env_manager)
+
+
+def slurm_work_dir(settings: OrchestratorSettings) -> Path:
+    return settings.slurm.work_dir or settings.store.data_dir / "slurm"
+
+
+def slurm_executor(executor: Executor) -> SlurmExecutor | None:
+    """The Slurm executor among the daemon's executors, if it has one."""
+    if isinstance(executor, RoutingExecutor):
+        executor = executor.owner(SLURM_CLASS)
+    return executor if isinstance(executor, SlurmExecutor) else None
+
+
+def reload_slurm(executor: Executor, running: OrchestratorSettings,
+                 new: OrchestratorSettings) -> SlurmSettings:
+    """Apply new [slurm] settings to the running Slurm executor; the [slurm] settings now in
+    effect.
+
+    New submissions take them (partition, sbatch_args, ...) and the jobs in flight carry on,
+    polled under them. Turning Slurm on or off, and moving its work dir (the jobs in flight keep
+    their files there), need a restart: refused with a warning, the running values kept.
+    """
+    old, wanted = running.slurm, new.slurm
+    slurm = slurm_executor(executor)
+    if wanted.enabled != old.enabled:
+        log.warning("slurm_reload_refused", needs_restart=["slurm.enabled"],
+                    reason=f"turning Slurm {'on' if wanted.enabled else 'off'} needs a restart; "
+                           "the running [slurm] settings are kept")
+        return old
+    if slurm is None:
+        return wanted  # no Slurm executor running: nothing to apply
+    if slurm_work_dir(new) != slurm_work_dir(running):
+        log.warning("slurm_reload_partial", needs_restart=["slurm.work_dir"],
+                    kept=str(slurm_work_dir(running)))
+        wanted = wanted.model_copy(update={"work_dir": old.work_dir})
+    changed = sorted(key for key in SlurmSettings.model_fields
+                     if getattr(wanted, key) != getattr(slurm.settings, key))
+    if changed:
+        slurm.reconfigure(wanted)
+        log.info("slurm_reconfigured", changed=changed)
+    return wanted
 

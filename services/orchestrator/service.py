@@ -19,7 +19,7 @@ from services.runtime.logs import get_logger
 from . import tasks_repo
 from .events import EventHub
 from .executor import Executor
-from .executors import build_executor
+from .executors import build_executor, reload_slurm
 from .metrics import OrchestratorMetrics
 from .model import Task
 from .scheduler import Scheduler
@@ -65,6 +65,10 @@ class Orchestrator:
         return orchestrator
 
     def reconfigure(self, settings: OrchestratorSettings) -> None:
+        # Kept as in effect (a refused Slurm change keeps the running [slurm]), so the next
+        # reload compares against what really runs.
+        slurm = reload_slurm(self.executor, self.settings, settings)
+        settings = settings.model_copy(update={"slurm": slurm})
         self.settings = settings
         self.metrics.register_classes(settings.classes)
         self.scheduler.reconfigure(settings.classes)

@@ -53,7 +53,12 @@ class LimitSettings(Section):
 
 
 class SlurmSettings(Section):
-    """The gpu_slurm class's executor; without it, gpu_slurm submits are refused."""
+    """The gpu_slurm class's executor; without it, gpu_slurm submits are refused.
+
+    On SIGHUP every key but `enabled` and `work_dir` applies to the running executor (new
+    submissions take the new partition and sbatch_args; jobs in flight carry on, polled with
+    the new settings); those two need a restart.
+    """
 
     enabled: bool = False
     partition: str = ""

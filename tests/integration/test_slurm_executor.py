@@ -348,6 +348,41 @@ async def test_orchestrator_cancel_task_cancels_the_slurm_job(slurm_cluster: flo
         await orch.close()
 
 
+async def test_orchestrator_reload_applies_slurm_settings(slurm_cluster: float,
+                                                         tmp_path: Path) -> None:
+    settings = orchestrator_settings(tmp_path, True)
+    orch = await Orchestrator.open(settings, CollectorRegistry())
+    try:
+        in_flight, stuck = f"slurm-on-{uuid.uuid4().hex[:8]}", f"slurm-stuck-{uuid.uuid4().hex[:8]}"
+        await orch.scheduler.submit(TaskRequest(in_flight, "gpu_slurm",
+                                                {"command": "sleep 3; echo carried on"}))
+        work_dir = (settings.store.data_dir / "slurm").absolute()
+        running_id = await wait_running(job_name(in_flight, JobFiles.of(work_dir, in_flight).key))
+
+        # What SIGHUP does with a changed [slurm]: new jobs get the new sbatch arguments (here,
+        # ones no job of this cluster can start with); the job in flight carries on.
+        orch.reconfigure(settings.model_copy(update={"slurm": settings.slurm.model_copy(
+            update={"sbatch_args": IMPOSSIBLE, "poll_interval": 0.3})}))
+        await orch.scheduler.submit(TaskRequest(stuck, "gpu_slurm", {"command": "echo never"},
+                                                timeout_seconds=3))
+        done, failed = await wait_terminal(orch, in_flight, stuck)
+        assert done.status is TaskState.COMPLETED, done.error
+        assert done.result["job_id"] == running_id
+        assert done.result["stdout"] == "carried on\n"
+        assert failed.status is TaskState.FAILED
+        assert failed.error.startswith(f"never started: Slurm job {failed.result['job_id']} was "
+                                       "still PENDING (Partition"), failed.error
+        assert failed.result["never_started"] == "true"
+        await wait_job_state(failed.result["job_id"], "CANCELLED")
+
+        # Turning Slurm off needs a restart: refused, and the running [slurm] kept whole.
+        orch.reconfigure(orchestrator_settings(tmp_path, False))
+        assert orch.settings.slurm.enabled and orch.settings.slurm.sbatch_args == IMPOSSIBLE
+        assert orch.executor.supports("gpu_slurm") == ""
+    finally:
+        await orch.close()
+
+
 async def test_orchestrator_without_slurm_refuses_gpu_slurm(tmp_path: Path) -> None:
     orch = await Orchestrator.open(orchestrator_settings(tmp_path, False), CollectorRegistry())
     try:

@@ -27,9 +27,16 @@ from services.orchestrator.dispatch_slurm import (
     time_limit_minutes,
 )
 from services.orchestrator.executor import Execution, ExecutionOutcome, TransientFailure
-from services.orchestrator.executors import NO_SLURM, RoutingExecutor, build_executor
+from services.orchestrator.executors import (
+    NO_SLURM,
+    RoutingExecutor,
+    build_executor,
+    reload_slurm,
+    slurm_executor,
+)
 from services.orchestrator.settings import OrchestratorSettings, SlurmSettings
 from services.runtime.errors import FailedPrecondition, InvalidArgument
+from tests.daemon_support import eventually
 
 # -- payloads ------------------------------------------------------------------------------
 
@@ -522,3 +529,86 @@ async def test_a_failed_pending_cancel_is_tried_again(tmp_path: Path) -> None:
     assert outcome.error.startswith("never started: Slurm job 17"), outcome
     assert len(scancel_calls(settings)) == 2
 
+
+# -- settings reloaded into the running executor ------------------------------------------------
+
+
+def running_slurm(executor: Any) -> SlurmExecutor:
+    found = slurm_executor(executor)
+    assert found is not None
+    return found
+
+
+async def test_reload_applies_slurm_settings_to_the_running_executor(tmp_path: Path) -> None:
+    running = settings_with(tmp_path, enabled=True, partition="a", poll_interval=5)
+    executor = build_executor(running)
+    slurm = running_slurm(executor)
+    new = settings_with(tmp_path, enabled=True, partition="b", poll_interval="250ms",
+                        sbatch_args=["--qos=x"], pending_timeout="10m")
+    applied = reload_slurm(executor, running, new)
+    assert applied == new.slurm
+    assert slurm.settings is applied
+    assert (slurm.settings.partition, slurm.settings.poll_interval,
+            slurm.settings.sbatch_args, slurm.settings.pending_timeout) == ("b", 0.25,
+                                                                             ["--qos=x"], 600)
+    # Moving the work dir needs a restart: the rest applies, the work dir stays.
+    moved = settings_with(tmp_path, enabled=True, partition="c", work_dir=str(tmp_path / "w"))
+    applied = reload_slurm(executor, new, moved)
+    assert applied.partition == "c" and applied.work_dir is None
+    assert slurm._work_dir == tmp_path / "slurm"
+    # Turning Slurm off needs a restart: refused, all of [slurm] kept as it runs. (What runs is
+    # what the orchestrator keeps as its settings: `applied`.)
+    in_effect = moved.model_copy(update={"slurm": applied})
+    off = settings_with(tmp_path, enabled=False, partition="d")
+    assert reload_slurm(executor, in_effect, off) == applied
+    assert slurm.settings.partition == "c"
+    assert executor.supports("gpu_slurm") == ""
+    await executor.close()
+
+
+async def test_reload_cannot_turn_slurm_on(tmp_path: Path) -> None:
+    running = settings_with(tmp_path)
+    executor = build_executor(running)
+    kept = reload_slurm(executor, running, settings_with(tmp_path, enabled=True))
+    assert kept == running.slurm and not kept.enabled
+    assert executor.supports("gpu_slurm") == NO_SLURM
+    # Without Slurm, other [slurm] keys are simply taken (nothing runs them).
+    assert reload_slurm(executor, running, settings_with(tmp_path, partition="p")).partition == "p"
+    await executor.close()
+
+
+async def test_new_submissions_take_reloaded_settings(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path, sbatch='echo "$@" >> "$0.log"; echo 99')
+    settings = settings.model_copy(update={"partition": "a"})
+    executor = SlurmExecutor(settings, tmp_path / "work")
+    await executor.execute(slurm_execution("first"))  # forgotten at once: ends UNKNOWN
+    executor.reconfigure(settings.model_copy(update={"partition": "b",
+                                                     "sbatch_args": ["--qos=x"]}))
+    await executor.execute(slurm_execution("second"))
+    first, second = await asyncio.to_thread(
+        lambda: Path(settings.sbatch + ".log").read_text().splitlines())
+    assert "--partition=a" in first.split() and "--qos=x" not in first.split()
+    assert "--partition=b" in second.split() and "--qos=x" in second.split()
+
+
+async def test_a_job_in_flight_carries_on_under_reloaded_settings(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    name = job_name("job-1", JobFiles.of(work, "job-1").key)
+    JobFiles.of(work, "job-1").job_record.write_text("17\n")
+    # The old squeue says it runs for ever; the new one (a reload) has it done.
+    settings = fake_settings(
+        tmp_path, squeue=f'echo called >> "$0.log"; echo "RUNNING|{name}|None"',
+        scontrol=UP + f'echo "JobId=17 JobName={name} JobState=COMPLETED ExitCode=0:0"')
+    executor = SlurmExecutor(settings, work)
+    run = asyncio.create_task(executor.execute(slurm_execution()))
+    async def followed() -> bool:
+        return calls(settings.squeue) >= 2
+    await eventually(followed, "the job to be followed", timeout=10)
+    assert not run.done()
+    finished = fake_command(tmp_path / "bin" / "squeue-new", "exit 0")
+    executor.reconfigure(settings.model_copy(update={"squeue": finished, "poll_interval": 0.1}))
+    outcome = await asyncio.wait_for(run, 10)
+    assert outcome.success, outcome
+    assert outcome.result["job_id"] == "17"
+    assert calls(settings.sbatch) == 0, "a job in flight is followed, never submitted again"
