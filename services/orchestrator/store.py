@@ -1,8 +1,14 @@
 """The durable store: one SQLite file in WAL mode, written with group commits.
 
-Every write is a small function run inside a transaction on the writer thread. Writes that arrive
-while a commit is in flight wait and go together in the next transaction, so one fsync covers
-many acknowledged submits: durability at the cost of one disk flush per batch, not per call.
+Every write is a small function run inside a transaction. Writes that arrive while a commit is in
+flight wait and go together in the next transaction, so one fsync covers many acknowledged
+submits: durability at the cost of one disk flush per batch, not per call.
+
+A batch's statements run on the event loop, against pages SQLite keeps in memory; only COMMIT,
+which writes the WAL and waits for fsync, runs on the writer thread, with the GIL released. Running
+the statements on the thread too made it take and give back the GIL several times per write
+while the loop was busy serving: a batch of 13 submits took 4.5 ms instead of 0.3.
+
 One failing write never takes its batch-mates down: a batch first runs as one plain
 transaction; if a write in it raises, that transaction is rolled back and the batch runs again
 with a savepoint around each write (so a write must be a function of the transaction alone: it
@@ -109,6 +115,9 @@ class Store:
         self.listeners: list[Callable[[list[Event]], None]] = []
         self.commits = 0
         self.writes = 0
+        # How long a write waits for another connection's write lock (an operator's sqlite3
+        # shell, say) before its batch fails with Unavailable.
+        self.lock_timeout = 5.0
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -119,8 +128,9 @@ class Store:
             writer.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk (fsync) before any write in it is acknowledged.
             writer.execute("PRAGMA synchronous=FULL")
-            writer.execute("PRAGMA busy_timeout=5000")
             writer.executescript(SCHEMA)
+            # BEGIN runs on the event loop: it must never sleep there waiting for a lock.
+            writer.execute("PRAGMA busy_timeout=0")
             reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             reader.execute("PRAGMA busy_timeout=5000")
             return writer, reader
@@ -146,7 +156,6 @@ class Store:
         return await self._loop.run_in_executor(self._read_thread, query, self._reader)
 
     async def _commit_loop(self) -> None:
-        loop = self._loop
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -155,8 +164,7 @@ class Store:
                 self._idle.set()
                 continue
             try:
-                outcomes, events = await loop.run_in_executor(
-                    self._write_thread, self._commit, batch)
+                outcomes, events = await self._commit(batch)
             except sqlite3.Error as exc:
                 error = Unavailable(f"store {self.path} write failed: {exc}")
                 for write in batch:
@@ -180,22 +188,40 @@ class Store:
             if not self._pending:
                 self._idle.set()
 
-    def _commit(self, batch: list[_Write[Any]]) -> tuple[list[tuple[bool, Any]], list[Event]]:
+    async def _commit(self, batch: list[_Write[Any]]
+                      ) -> tuple[list[tuple[bool, Any]], list[Event]]:
         conn = self._writer
-        conn.execute("BEGIN IMMEDIATE")
+        await self._begin()
         try:
             done = self._apply_all(conn, batch)
             if done is None:  # a write failed: run the batch again, each write on its own
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
+                await self._begin()
                 done = self._apply_each(conn, batch)
-            conn.execute("COMMIT")
-        except BaseException:
+            await self._loop.run_in_executor(self._write_thread, conn.execute, "COMMIT")
+        except Exception:
+            # (Not on cancellation: the thread may still be committing. Only close() cancels,
+            # once no batch is in flight.)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return done
+
+    async def _begin(self) -> None:
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            # Another connection holds the write lock: wait for it off the loop.
+            await self._loop.run_in_executor(self._write_thread, self._begin_waiting)
+
+    def _begin_waiting(self) -> None:
+        conn = self._writer
+        conn.execute(f"PRAGMA busy_timeout={max(0, int(self.lock_timeout * 1000))}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute("PRAGMA busy_timeout=0")
 
     @staticmethod
     def _apply_all(conn: sqlite3.Connection, batch: list[_Write[Any]]

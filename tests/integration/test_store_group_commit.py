@@ -93,8 +93,8 @@ async def test_a_write_on_a_read_only_file_fails_with_unavailable(tmp_path: Path
 
     store = await Store.open(tmp_path / "orchestrator.sqlite3")
     try:
-        # A second connection holding the write lock makes BEGIN IMMEDIATE time out quickly.
-        store._writer.execute("PRAGMA busy_timeout=50")
+        # A second connection holding the write lock makes BEGIN IMMEDIATE time out.
+        store.lock_timeout = 0.2
         blocker = sqlite3.connect(store.path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         try:
@@ -107,3 +107,20 @@ async def test_a_write_on_a_read_only_file_fails_with_unavailable(tmp_path: Path
         assert await store.write(lambda tx: tx.conn.execute("SELECT 2").fetchone()[0]) == 2
     finally:
         await store.close()
+
+
+async def test_a_write_waits_for_another_connections_lock_without_blocking_the_loop(
+        store: Store) -> None:
+    blocker = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        write = asyncio.ensure_future(store.write(insert("after-the-lock")))
+        # The loop keeps turning while the write waits for the lock.
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not write.done()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert await write == "after-the-lock"
+    assert "after-the-lock" in committed_names(store.path)
