@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import grpc
@@ -33,17 +33,19 @@ class TokenAuth:
         presented = _bearer([("authorization", authorization)] if authorization else [])
         return presented is not None and hmac.compare_digest(presented, self._token)
 
-    async def __call__(
+    def __call__(
         self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any], invoke: Invoke
-    ) -> Any:
+    ) -> Awaitable[Any]:
+        # Not a coroutine itself: it hands back the call (or the abort) for the layer above to
+        # await, which spares every RPC one coroutine layer.
         if self._token is not None and info.service not in self._open:
             presented = _bearer(context.invocation_metadata() or ())
             if presented is None or not hmac.compare_digest(presented, self._token):
-                await context.abort(
+                return context.abort(  # type: ignore[no-any-return]
                     grpc.StatusCode.UNAUTHENTICATED,
                     "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
                 )
-        return await invoke()
+        return invoke()
 
 
 def _bearer(metadata: Iterable[Any]) -> bytes | None:

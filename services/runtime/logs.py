@@ -20,13 +20,14 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _generation = 0
 
 
-class _LogStream:
-    """The stream log lines go to, flushed once per event-loop turn on the loop's thread.
+class _LineWriter:
+    """Where log lines go: a structlog logger writing one line per call to a text stream,
+    flushed once per event-loop turn on the loop's thread.
 
-    structlog flushes after every line. A daemon logs each RPC, and a write syscall per line cost
-    more than formatting it, so on the loop's thread the flush waits for the loop's next turn:
-    the lines of one turn leave in one write, none later than that turn. From other threads, or
-    with no loop bound, each line is flushed at once.
+    A daemon logs every RPC, and a write syscall per line cost more than formatting it, so on
+    the loop's thread the flush waits for the loop's next turn: the lines of one turn leave in
+    one write, none later than that turn. From other threads, or with no loop bound, each line
+    is flushed at once.
     """
 
     def __init__(self, stream: TextIO) -> None:
@@ -36,14 +37,9 @@ class _LogStream:
         self._loop_thread: int | None = None
         self._flush_scheduled = False
 
-    def isatty(self) -> bool:
-        return self._stream.isatty()
-
-    def write(self, text: str) -> int:
+    def msg(self, message: str) -> None:
         with self._lock:
-            return self._stream.write(text)
-
-    def flush(self) -> None:
+            self._stream.write(message + "\n")
         if self._loop is not None and threading.get_ident() == self._loop_thread:
             if self._flush_scheduled:
                 return
@@ -53,24 +49,27 @@ class _LogStream:
                 return
             except RuntimeError:  # the loop is closed: nothing would run the callback
                 pass
-        self.flush_now()
+        self.flush()
 
-    def flush_now(self) -> None:
+    # structlog calls the method named after the level.
+    debug = info = warning = warn = error = critical = exception = fatal = msg
+
+    def flush(self) -> None:
         with self._lock:
             self._stream.flush()
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
-        self.flush_now()
+        self.flush()
 
     def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.flush_now()
+        self.flush()
         self._loop = loop
         self._loop_thread = threading.get_ident() if loop is not None else None
         self._flush_scheduled = False
 
 
-_stream: _LogStream | None = None
+_writer: _LineWriter | None = None
 
 
 def _to_json(event: dict[str, Any], **_: Any) -> str:
@@ -108,7 +107,7 @@ class _UtcTimestamp:
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """(Re)configure logging; safe to call again on reload."""
-    global _generation, _stream
+    global _generation, _writer
     out = stream or sys.stdout
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
@@ -117,7 +116,6 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         _UtcTimestamp(),
         structlog.processors.StackInfoRenderer(),
@@ -125,15 +123,15 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     if use_json:
         processors.append(structlog.processors.format_exc_info)
     processors.append(renderer)
-    previous = _stream
-    _stream = _LogStream(out)
+    previous = _writer
+    writer = _writer = _LineWriter(out)
     if previous is not None:
-        previous.flush_now()
-        _stream.bind(previous._loop)
+        previous.flush()
+        writer.bind(previous._loop)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(_stream),  # type: ignore[arg-type]
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=False,
     )
     _generation += 1
@@ -144,8 +142,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
 def bind_to_loop(loop: asyncio.AbstractEventLoop | None) -> None:
     """Flush log lines written on `loop`'s thread once per loop turn; None: flush each at once
     (and flush what is pending). A daemon binds its loop while it runs."""
-    if _stream is not None:
-        _stream.bind(loop)
+    if _writer is not None:
+        _writer.bind(loop)
 
 
 class _Logger:

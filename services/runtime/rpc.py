@@ -35,15 +35,16 @@ class RpcInfo:
 
 
 class Middleware(Protocol):
-    """Awaits `invoke` (the rest of the chain) and returns its result.
+    """Returns an awaitable of the RPC's result: usually it is a coroutine awaiting `invoke()`
+    (the rest of the chain), but one with nothing to do after the call may return `invoke()`.
 
     A middleware with an `applies_to(info) -> bool` method is left out of the chain of the
     methods it returns False for: the chain is built once per method, not per call.
     """
 
-    async def __call__(
+    def __call__(
         self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any], invoke: Invoke
-    ) -> Any: ...
+    ) -> Awaitable[Any]: ...
 
 
 _KINDS = {
