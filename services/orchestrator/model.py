@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import orjson
+
 
 class TaskState(StrEnum):
     PENDING = "pending"
@@ -40,11 +42,22 @@ class TaskRequest:
     max_attempts: int = 0  # 0: the class's default
 
     def content_hash(self) -> str:
-        canonical = json.dumps(
-            [self.task_class, dict(sorted(self.payload.items())), self.priority,
-             self.workflow_id, self.timeout_seconds, self.max_attempts],
-            separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(orjson.dumps(self._canonical())).hexdigest()
+
+    def has_content(self, stored_hash: str) -> bool:
+        """Whether a stored task whose content hash is `stored_hash` has this request's content.
+
+        Tasks stored by earlier releases were hashed over the standard library's encoding, which
+        differs from orjson's for non-ASCII text: either hash is this request's.
+        """
+        if stored_hash == self.content_hash():
+            return True
+        legacy = json.dumps(self._canonical(), separators=(",", ":"))
+        return stored_hash == hashlib.sha256(legacy.encode()).hexdigest()
+
+    def _canonical(self) -> list[object]:
+        return [self.task_class, dict(sorted(self.payload.items())), self.priority,
+                self.workflow_id, self.timeout_seconds, self.max_attempts]
 
 
 @dataclass(slots=True)

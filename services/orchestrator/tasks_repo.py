@@ -16,7 +16,7 @@ from typing import Any
 from services.runtime.errors import AlreadyExists
 
 from .model import TERMINAL, Task, TaskRequest, TaskState
-from .store import Tx
+from .store import Tx, to_json
 
 _COLUMNS = ("id, task_class, payload, priority, workflow_id, timeout_seconds, max_attempts, "
             "content_hash, seq, submitted_at, status, attempts, execution, result, error, "
@@ -60,13 +60,13 @@ def insert(tx: Tx, request: TaskRequest, seq: int, run_id: str = "", step_id: st
     inserted = tx.conn.execute(
         f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 19)}) "
         "ON CONFLICT (id) DO NOTHING",
-        (task.id, task.task_class, json.dumps(task.payload), task.priority, task.workflow_id,
+        (task.id, task.task_class, to_json(task.payload), task.priority, task.workflow_id,
          task.timeout_seconds, task.max_attempts, task.content_hash, task.seq, now,
          task.status.value, 0, 0, "{}", "", 0.0, 0.0, run_id, step_id)).rowcount
     if not inserted:
         existing = get(tx.conn, request.id)
         assert existing is not None
-        if existing.content_hash != digest:
+        if not request.has_content(existing.content_hash):
             raise AlreadyExists(f"task {request.id!r} already exists with a different class, "
                                 "payload, priority or workflow_id")
         return Submitted(existing, created=False)
@@ -107,7 +107,7 @@ def finish(tx: Tx, task_id: str, status: TaskState, result: dict[str, str], erro
     cursor = tx.conn.execute(
         f"UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ? "
         f"WHERE id = ? AND {_NOT_TERMINAL}",
-        (status.value, json.dumps(result), error, now, task_id))
+        (status.value, to_json(result), error, now, task_id))
     if cursor.rowcount:
         data = {"task_id": task_id, "status": status.value}
         if error:
