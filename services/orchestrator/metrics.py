@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -112,6 +112,7 @@ class OrchestratorMetrics:
         self._values: dict[str, dict[str, float]] = {family: {} for family in PER_CLASS}
         self._waits = _Latency()
         self._runs = _Latency()
+        self._depths: Callable[[], Mapping[str, tuple[int, int]]] = dict
         # Series children by family, then class: labels() takes a lock and builds a key, and the
         # scheduler reports on every submit, dispatch and completion.
         self._children: dict[str, dict[str, Any]] = {
@@ -150,11 +151,17 @@ class OrchestratorMetrics:
     def retried(self, cls: str) -> None:
         self._count("retries", cls)
 
-    def set_queue(self, cls: str, pending: int, running: int) -> None:
-        self._touch(cls)
-        for family, value in (("queue_depth", pending), ("running", running)):
-            self._children[family][cls].set(value)
-            self._values[family][cls] = float(value)
+    def watch_queues(self, depths: Callable[[], Mapping[str, tuple[int, int]]]) -> None:
+        """Read queue depth and running tasks from `depths` (class -> (pending, running)) when
+        /metrics or GetMetrics asks, rather than being told on every submit and dispatch."""
+        self._depths = depths
+        for cls in list(self._values["submitted"]):
+            self._bind_queue_gauges(cls)
+
+    def _bind_queue_gauges(self, cls: str) -> None:
+        for index, family in enumerate(_GAUGES):
+            self._children[family][cls].set_function(
+                lambda cls=cls, index=index: float(self._depths().get(cls, (0, 0))[index]))
 
     # -- read by GetMetrics ----------------------------------------------------------------
 
@@ -175,6 +182,10 @@ class OrchestratorMetrics:
         return selected
 
     def _figures(self) -> dict[str, float]:
+        for cls, pair in self._depths().items():
+            self._touch(cls)
+            for family, count in zip(_GAUGES, pair, strict=True):
+                self._values[family][cls] = float(count)
         figures: dict[str, float] = {}
         for family in PER_CLASS:
             by_class = self._values[family]
@@ -225,3 +236,4 @@ class OrchestratorMetrics:
             self._children[family][cls] = gauge.labels(cls)
         self._children["dispatch_latency"][cls] = self._dispatch_latency.labels(cls)
         self._children["duration"][cls] = self._duration.labels(cls)
+        self._bind_queue_gauges(cls)

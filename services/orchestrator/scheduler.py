@@ -78,6 +78,7 @@ class Scheduler:
         self._dispatch = dispatch
         self._limits = limits
         self._metrics = metrics
+        metrics.watch_queues(self.queue_depths)
         self._live: dict[str, Task] = {}  # every non-terminal task
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
@@ -99,7 +100,6 @@ class Scheduler:
             self._live[task.id] = task
             queue.push(task)
         for queue in self._queues.values():
-            self._report(queue)
             self._loops.append(asyncio.get_running_loop().create_task(self._dispatch_loop(queue)))
         if recovered:
             log.info("tasks_recovered", count=len(recovered))
@@ -142,7 +142,6 @@ class Scheduler:
             self._live[task.id] = task
             queue.push(task)
             self._metrics.submitted(task.task_class)
-            self._report(queue)
             self._notify(task)
         return task, submitted.created
 
@@ -213,7 +212,6 @@ class Scheduler:
             if task_id is None or task_id not in self._live:
                 continue
             queue.running += 1
-            self._report(queue)
             run = asyncio.get_running_loop().create_task(self._run(self._live[task_id], queue))
             self._runs[task_id] = run
 
@@ -231,14 +229,12 @@ class Scheduler:
             self._runs.pop(task.id, None)
             queue.running -= 1
             queue.wake.set()
-            self._report(queue)
         if requeue_after is not None and task.id in self._live:
             asyncio.get_running_loop().call_later(requeue_after, self._requeue, task)
 
     def _requeue(self, task: Task) -> None:
         if task.id in self._live and task.status is TaskState.PENDING:
             self._queues[task.task_class].push(task)
-            self._report(self._queues[task.task_class])
 
     async def _attempt(self, task: Task) -> float | None:
         """Run one dispatch of the task; the delay before it is queued again, or None."""
@@ -321,9 +317,6 @@ class Scheduler:
         snapshot = task.snapshot()
         for listener in self.listeners:
             listener(snapshot)
-
-    def _report(self, queue: ClassQueue) -> None:
-        self._metrics.set_queue(queue.name, len(queue.queued), queue.running)
 
 
 def _dispatch_payload(payload: Mapping[str, str]) -> dict[str, str]:

@@ -22,8 +22,7 @@ def busy_metrics() -> tuple[CollectorRegistry, OrchestratorMetrics]:
     metrics.finished("cpu_short", "failed", 4.0)
     metrics.finished("cpu_long", TaskState.CANCELLED, None)  # cancelled before it ran
     metrics.retried("cpu_short")
-    metrics.set_queue("cpu_short", pending=1, running=0)
-    metrics.set_queue("cpu_long", pending=0, running=0)
+    metrics.watch_queues(lambda: {"cpu_short": (1, 0), "cpu_long": (0, 0)})
     return registry, metrics
 
 
@@ -102,3 +101,20 @@ def test_prometheus_series_are_labelled_by_class_only() -> None:
     assert f'{prefix}tasks_submitted_total{{class="cpu_short"}} 3.0' in text
     assert f'{prefix}queue_depth{{class="cpu_short"}} 1.0' in text
     assert f'{prefix}task_dispatch_latency_seconds_count{{class="cpu_short"}} 2.0' in text
+
+
+def test_queue_gauges_are_read_from_the_scheduler_when_scraped() -> None:
+    registry = CollectorRegistry()
+    metrics = OrchestratorMetrics(registry, classes=["cpu_short"])
+    depths = {"cpu_short": (4, 2)}
+    metrics.watch_queues(lambda: depths)
+    text = generate_latest(registry).decode()
+    assert 'agent_infra_orchestrator_queue_depth{class="cpu_short"} 4.0' in text
+    assert 'agent_infra_orchestrator_tasks_running{class="cpu_short"} 2.0' in text
+    depths["cpu_short"] = (0, 1)
+    depths["gpu"] = (7, 0)  # a class first seen in the scheduler
+    assert metrics.snapshot(["queue_depth.*"]) == {"queue_depth.cpu_short": 0.0,
+                                                   "queue_depth.gpu": 7.0}
+    text = generate_latest(registry).decode()
+    assert 'agent_infra_orchestrator_queue_depth{class="gpu"} 7.0' in text
+    assert 'agent_infra_orchestrator_tasks_running{class="cpu_short"} 1.0' in text
