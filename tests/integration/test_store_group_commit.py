@@ -124,3 +124,24 @@ async def test_a_write_waits_for_another_connections_lock_without_blocking_the_l
         blocker.close()
     assert await write == "after-the-lock"
     assert "after-the-lock" in committed_names(store.path)
+
+
+async def test_writes_arriving_over_a_few_loop_turns_share_one_commit(store: Store) -> None:
+    commits_before = store.commits
+
+    async def staggered(name: str, turns: int) -> str:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await store.write(insert(name))
+
+    names = [f"turn-{i}" for i in range(6)]
+    assert await asyncio.gather(*(staggered(n, i) for i, n in enumerate(names))) == names
+    assert store.commits - commits_before == 1
+    assert committed_names(store.path) == set(names)
+
+
+async def test_a_lone_write_is_committed_without_company(store: Store) -> None:
+    commits_before = store.commits
+    assert await store.write(insert("alone")) == "alone"
+    assert store.commits - commits_before == 1
+    assert "alone" in committed_names(store.path)
