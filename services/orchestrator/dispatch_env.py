@@ -3,7 +3,14 @@
 With several endpoints, a task goes to one reporting free capacity for its class (from
 GetResourceAvailability, cached briefly). An endpoint that cannot be reached is a transient
 failure: the scheduler retries the same execution id, which env-manager attaches to or answers
-from its stored result, so a task never runs twice because of a retry.
+from its stored result, so a retry that reaches the same endpoint never runs the task twice. A
+retry may go to another endpoint, though, while the first one (which may have got the call) still
+runs the container.
+
+Each execution id's endpoints are recorded: every one it was sent to since its last definitive
+answer (an outcome, or a refusal), the first tried included. cancel() sends CancelTask to those
+only. When nothing is recorded for the id (it was dispatched by an earlier orchestrator process,
+or the bounded record forgot it) cancel() asks every endpoint; killing nothing is harmless.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from client import ConnectionConfig, EnvManagerClient
@@ -24,11 +32,16 @@ from .settings import EnvManagerEndpoint
 log = get_logger("dispatch")
 
 AVAILABILITY_TTL = 1.0
+# Executions whose endpoints are remembered for cancel(). An entry normally goes when its
+# execution gets an answer or is cancelled; ones that only ever failed transiently (then ended
+# some other way) would stay, so beyond this many the least recently dispatched are forgotten.
+DISPATCH_RECORD_LIMIT = 4096
 
 
 class EnvManagerExecutor:
     def __init__(self, endpoints: Sequence[EnvManagerEndpoint], recheck_interval: float,
-                 unsupported: dict[str, str] | None = None) -> None:
+                 unsupported: dict[str, str] | None = None, *,
+                 record_limit: int = DISPATCH_RECORD_LIMIT) -> None:
         self._clients = [EnvManagerClient(config=ConnectionConfig(
             address=e.address, ca_file=e.ca_file, cert_file=e.cert_file, key_file=e.key_file,
             token_file=e.token_file, connect_timeout=2.0)) for e in endpoints]
@@ -39,6 +52,10 @@ class EnvManagerExecutor:
         self._recheck_interval = recheck_interval
         # Classes other executors own (gpu_slurm without Slurm): why they cannot run here.
         self._unsupported = dict(unsupported or {})
+        # execution id -> the endpoints it was sent to since its last definitive answer, in the
+        # order first tried; the entries least recently dispatched first.
+        self._dispatched: OrderedDict[str, list[EnvManagerClient]] = OrderedDict()
+        self._record_limit = record_limit
 
     def supports(self, task_class: str) -> str:
         return self._unsupported.get(task_class, "")
@@ -47,21 +64,41 @@ class EnvManagerExecutor:
         if reason := self.supports(execution.task_class):
             raise FailedPrecondition(reason)
         client = self._clients[await self._pick(execution.task_class)]
+        # Recorded before the call goes out: a cancel may come while it is under way.
+        self._record(execution.execution_id, client)
         try:
             answer = await client.execute_task(
                 execution.execution_id, execution.task_class, execution.payload,
                 timeout_seconds=execution.timeout_seconds)
         except (InfraUnavailable, DeadlineExceeded) as exc:
+            # The call may have got through and the container may run: the endpoint stays
+            # recorded (and so it does when the call is cancelled).
             self._reachable.clear()
             raise TransientFailure(f"env-manager {client.address}: {exc.details}") from None
         except InfraError as exc:
             # env-manager refused the task as given (bad payload, disallowed image...).
+            self._dispatched.pop(execution.execution_id, None)
             return ExecutionOutcome(False, {}, f"env-manager refused the task: {exc.details}")
+        self._dispatched.pop(execution.execution_id, None)
         self._reachable.set()
         return ExecutionOutcome(answer.success, dict(answer.result), answer.error)
 
+    def _record(self, execution_id: str, client: EnvManagerClient) -> None:
+        tried = self._dispatched.get(execution_id)
+        if tried is None:
+            self._dispatched[execution_id] = [client]
+            while len(self._dispatched) > self._record_limit:
+                self._dispatched.popitem(last=False)  # its cancel will ask every endpoint
+            return
+        self._dispatched.move_to_end(execution_id)
+        if client not in tried:
+            tried.append(client)
+
     async def cancel(self, execution_id: str, task_class: str) -> None:
-        # Which endpoint runs it is not recorded: ask every one (killing nothing is harmless).
+        # The endpoints it was sent to, else (nothing recorded) every one: killing nothing is
+        # harmless. The entry is used up: the scheduler cancels an execution once.
+        targets = self._dispatched.pop(execution_id, None) or self._clients
+
         async def one(client: EnvManagerClient) -> None:
             try:
                 await client.cancel_task(execution_id, timeout=10.0)
@@ -69,7 +106,7 @@ class EnvManagerExecutor:
                 log.warning("cancel_not_delivered", execution_id=execution_id,
                             env_manager=client.address, error=exc.details)
 
-        await asyncio.gather(*(one(client) for client in self._clients))
+        await asyncio.gather(*(one(client) for client in targets))
 
     async def _pick(self, task_class: str) -> int:
         if len(self._clients) == 1:
