@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -93,6 +95,24 @@ class NotifyListener:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
             os.rmdir(self._dir)
+
+
+def log_records(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines in a daemon's output, parsed (other lines are skipped)."""
+    records: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def log_events(text: str) -> list[str]:
+    """The `event` of each JSON log line in a daemon's output."""
+    return [str(record["event"]) for record in log_records(text) if "event" in record]
 
 
 @dataclass

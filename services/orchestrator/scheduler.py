@@ -172,13 +172,15 @@ class Scheduler:
         task = self._live.get(task_id)
         if task is None:
             return await self.get(task_id)  # already terminal (or NotFound)
-        was_running = task.status is TaskState.RUNNING
+        # A task back in the queue after a transient dispatch failure may still be running on
+        # the backend under the same execution id (the failure may have been the reply's).
+        was_dispatched = task.status is TaskState.RUNNING or task.attempts > 0
         await self._finish(task, TaskState.CANCELLED, {}, "cancelled by request")
         self._queues[task.task_class].queued.discard(task_id)
         run = self._runs.get(task_id)
         if run is not None:
             run.cancel()
-        if was_running:
+        if was_dispatched:
             # Frees the backend's slot now rather than when the command would have ended.
             await self._executor.cancel(task.execution_id, task.task_class)
         return task
