@@ -1,16 +1,34 @@
 """Dispatch to env-manager's ExecuteTask through the typed client, over one or more endpoints.
 
-With several endpoints, a task goes to one reporting free capacity for its class (from
-GetResourceAvailability, cached briefly). An endpoint that cannot be reached is a transient
-failure: the scheduler retries the same execution id, which env-manager attaches to or answers
-from its stored result, so a retry that reaches the same endpoint never runs the task twice. A
-retry may go to another endpoint, though, while the first one (which may have got the call) still
-runs the container.
+Which endpoint an attempt goes to (with a single endpoint: always that one, nothing asked first):
+
+- An execution id with nothing recorded (its first dispatch): the endpoint reporting the most
+  free slots for its class (GetResourceAvailability, each endpoint's answer cached for
+  AVAILABILITY_TTL s); when none reports a free slot, the next one round robin (env-manager
+  queues per class).
+- An execution id with a record (an earlier attempt went out and got no definitive answer: the
+  scheduler retries the same id after a transient failure): the endpoint the latest attempt was
+  sent to, whatever capacity it reports, provided it answers. It answers when a
+  GetResourceAvailability for the class returns within PROBE_TIMEOUT s (an error status other
+  than UNAVAILABLE or DEADLINE_EXCEEDED counts too: the endpoint is up), or when such an answer
+  is cached and younger than AVAILABILITY_TTL s. Capacity does not matter: that endpoint knows
+  the id, and a repeat ExecuteTask attaches to its run (running, or still queued there) or
+  returns its stored result, so it takes no second slot and never runs the task twice.
+- When that endpoint does not answer (no reply within PROBE_TIMEOUT s, or a cached "no reply"
+  younger than AVAILABILITY_TTL s), the attempt is placed as a first dispatch is (and
+  `retry_moved` is logged). Availability wins over exactly-once here: the unreachable endpoint
+  may still run the task (or run it when it is back, if the call reached it) while another
+  endpoint runs it again.
+
+A record lasts until the execution's definitive answer, its cancel, or eviction (the bounded
+record below), and only within this orchestrator process: a task resumed after a restart, or
+retried after its record was evicted, is placed as a first dispatch.
 
 Each execution id's endpoints are recorded: every one it was sent to since its last definitive
-answer (an outcome, or a refusal), the first tried included. cancel() sends CancelTask to those
-only. When nothing is recorded for the id (it was dispatched by an earlier orchestrator process,
-or the bounded record forgot it) cancel() asks every endpoint; killing nothing is harmless.
+answer (an outcome, or a refusal), the first tried included, and which one was sent the latest
+attempt. cancel() sends CancelTask to those only. When nothing is recorded for the id (it was
+dispatched by an earlier orchestrator process, or the bounded record forgot it) cancel() asks
+every endpoint; killing nothing is harmless.
 """
 
 from __future__ import annotations
@@ -20,6 +38,7 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from client import ConnectionConfig, EnvManagerClient
 from client.errors import DeadlineExceeded, InfraError, InfraUnavailable
@@ -32,10 +51,22 @@ from .settings import EnvManagerEndpoint
 log = get_logger("dispatch")
 
 AVAILABILITY_TTL = 1.0
+# How long GetResourceAvailability may take before its endpoint counts as not answering.
+PROBE_TIMEOUT = 2.0
+# A cached availability: the endpoint did not answer.
+NO_ANSWER = -1
 # Executions whose endpoints are remembered for cancel(). An entry normally goes when its
 # execution gets an answer or is cancelled; ones that only ever failed transiently (then ended
 # some other way) would stay, so beyond this many the least recently dispatched are forgotten.
 DISPATCH_RECORD_LIMIT = 4096
+
+
+@dataclass
+class _Dispatched:
+    """Where an execution was sent since its last definitive answer."""
+
+    tried: list[EnvManagerClient]  # in the order first tried
+    latest: int  # index of the endpoint the latest attempt went to
 
 
 class EnvManagerExecutor:
@@ -52,9 +83,9 @@ class EnvManagerExecutor:
         self._recheck_interval = recheck_interval
         # Classes other executors own (gpu_slurm without Slurm): why they cannot run here.
         self._unsupported = dict(unsupported or {})
-        # execution id -> the endpoints it was sent to since its last definitive answer, in the
-        # order first tried; the entries least recently dispatched first.
-        self._dispatched: OrderedDict[str, list[EnvManagerClient]] = OrderedDict()
+        # execution id -> the endpoints it was sent to since its last definitive answer; the
+        # entries least recently dispatched first.
+        self._dispatched: OrderedDict[str, _Dispatched] = OrderedDict()
         self._record_limit = record_limit
 
     def supports(self, task_class: str) -> str:
@@ -63,16 +94,18 @@ class EnvManagerExecutor:
     async def execute(self, execution: Execution) -> ExecutionOutcome:
         if reason := self.supports(execution.task_class):
             raise FailedPrecondition(reason)
-        client = self._clients[await self._pick(execution.task_class)]
+        index = await self._place(execution)
+        client = self._clients[index]
         # Recorded before the call goes out: a cancel may come while it is under way.
-        self._record(execution.execution_id, client)
+        self._record(execution.execution_id, index)
         try:
             answer = await client.execute_task(
                 execution.execution_id, execution.task_class, execution.payload,
                 timeout_seconds=execution.timeout_seconds)
         except (InfraUnavailable, DeadlineExceeded) as exc:
             # The call may have got through and the container may run: the endpoint stays
-            # recorded (and so it does when the call is cancelled).
+            # recorded (and so it does when the call is cancelled), for cancel() and as where
+            # the retry goes back to.
             self._reachable.clear()
             raise TransientFailure(f"env-manager {client.address}: {exc.details}") from None
         except InfraError as exc:
@@ -83,21 +116,60 @@ class EnvManagerExecutor:
         self._reachable.set()
         return ExecutionOutcome(answer.success, dict(answer.result), answer.error)
 
-    def _record(self, execution_id: str, client: EnvManagerClient) -> None:
-        tried = self._dispatched.get(execution_id)
-        if tried is None:
-            self._dispatched[execution_id] = [client]
+    async def _place(self, execution: Execution) -> int:
+        """The index of the endpoint this attempt goes to (the rule: the module docstring)."""
+        if len(self._clients) == 1:
+            return 0
+        record = self._dispatched.get(execution.execution_id)
+        if record is None:
+            return await self._pick(execution.task_class)
+        if await self._free_slots(record.latest, execution.task_class) != NO_ANSWER:
+            return record.latest
+        # Availability over exactly-once: the one not answering may still run the task.
+        log.warning("retry_moved", execution_id=execution.execution_id,
+                    env_manager=self._clients[record.latest].address)
+        return await self._pick(execution.task_class)
+
+    async def _free_slots(self, index: int, task_class: str, now: float | None = None) -> int:
+        """`_ask_free_slots`, or its answer cached less than AVAILABILITY_TTL s before `now`."""
+        now = time.monotonic() if now is None else now
+        cached = self._free.get((index, task_class))
+        if cached and now - cached[0] < AVAILABILITY_TTL:
+            return cached[1]
+        room = await self._ask_free_slots(index, task_class)
+        self._free[(index, task_class)] = (now, room)
+        return room
+
+    async def _ask_free_slots(self, index: int, task_class: str) -> int:
+        """Free slots the endpoint reports for the class: 0 when it reports none or answers with
+        an error (it is up, but no place for this class), NO_ANSWER when it does not answer."""
+        try:
+            found = await self._clients[index].get_resource_availability(
+                task_class, timeout=PROBE_TIMEOUT)
+        except (InfraUnavailable, DeadlineExceeded):
+            return NO_ANSWER
+        except InfraError:
+            return 0
+        return max(found.capacity - found.in_use, 0) if found.available else 0
+
+    def _record(self, execution_id: str, index: int) -> None:
+        client = self._clients[index]
+        record = self._dispatched.get(execution_id)
+        if record is None:
+            self._dispatched[execution_id] = _Dispatched([client], index)
             while len(self._dispatched) > self._record_limit:
                 self._dispatched.popitem(last=False)  # its cancel will ask every endpoint
             return
         self._dispatched.move_to_end(execution_id)
-        if client not in tried:
-            tried.append(client)
+        record.latest = index
+        if client not in record.tried:
+            record.tried.append(client)
 
     async def cancel(self, execution_id: str, task_class: str) -> None:
         # The endpoints it was sent to, else (nothing recorded) every one: killing nothing is
         # harmless. The entry is used up: the scheduler cancels an execution once.
-        targets = self._dispatched.pop(execution_id, None) or self._clients
+        record = self._dispatched.pop(execution_id, None)
+        targets = record.tried if record is not None else self._clients
 
         async def one(client: EnvManagerClient) -> None:
             try:
@@ -109,24 +181,10 @@ class EnvManagerExecutor:
         await asyncio.gather(*(one(client) for client in targets))
 
     async def _pick(self, task_class: str) -> int:
-        if len(self._clients) == 1:
-            return 0
+        """Where a first dispatch goes: the most free slots, else round robin."""
         now = time.monotonic()
-
-        async def free(index: int) -> int:
-            cached = self._free.get((index, task_class))
-            if cached and now - cached[0] < AVAILABILITY_TTL:
-                return cached[1]
-            try:
-                found = await self._clients[index].get_resource_availability(
-                    task_class, timeout=2.0)
-                room = found.capacity - found.in_use if found.available else 0
-            except InfraError:
-                room = -1
-            self._free[(index, task_class)] = (now, room)
-            return room
-
-        rooms = await asyncio.gather(*(free(i) for i in range(len(self._clients))))
+        rooms = await asyncio.gather(*(self._free_slots(i, task_class, now)
+                                       for i in range(len(self._clients))))
         best = max(range(len(rooms)), key=lambda i: rooms[i])
         if rooms[best] > 0:
             self._free[(best, task_class)] = (now, rooms[best] - 1)
@@ -154,7 +212,7 @@ class EnvManagerExecutor:
         async def one(client: EnvManagerClient) -> str:
             try:
                 await client.connect()
-                await client.get_resource_availability("cpu_short", timeout=2.0)
+                await client.get_resource_availability("cpu_short", timeout=PROBE_TIMEOUT)
             except (InfraUnavailable, DeadlineExceeded) as exc:
                 # A down endpoint shows as either: the client retries UNAVAILABLE until the
                 # deadline.

@@ -25,11 +25,17 @@ FAIL = "fail"  # the task's own failure: an outcome too
 
 
 class FakeEnvManager(EnvManagerClient):
-    """Answers from a script; records the task ids it was asked to cancel."""
+    """Answers from a script; records the task ids it was asked to cancel.
+
+    GetResourceAvailability reports one slot, free or not (`free`); with `unreachable` set to
+    DOWN or SLOW it raises InfraUnavailable or DeadlineExceeded instead (the endpoint does not
+    answer). `probes` counts those calls."""
 
     def __init__(self, address: str) -> None:
         super().__init__(address)
         self.free = False
+        self.unreachable: str | None = None
+        self.probes = 0
         self.script: list[str] = []
         self.executed: list[str] = []
         self.cancelled: list[str] = []
@@ -37,6 +43,11 @@ class FakeEnvManager(EnvManagerClient):
 
     async def get_resource_availability(self, workload_class: str, *,
                                         timeout: float | None = None) -> ResourceAvailability:
+        self.probes += 1
+        if self.unreachable == DOWN:
+            raise InfraUnavailable("connection refused", address=self.address)
+        if self.unreachable == SLOW:
+            raise DeadlineExceeded("deadline exceeded", address=self.address)
         return ResourceAvailability(self.free, 1, 0 if self.free else 1,
                                     HardwareInfo(1, 1 << 30, ()))
 
@@ -71,9 +82,12 @@ class Harness:
         self.fakes = list(fakes)
 
     async def dispatch(self, execution_id: str, to: int, step: str) -> None:
-        """One execute() of the execution, steered to fakes[to], which answers with `step`."""
+        """One execute() of the execution, steered to fakes[to], which answers with `step`:
+        it is the only one reporting a free slot, and the only one answering at all (so a
+        retry leaves the endpoint its earlier attempt went to, when that is another one)."""
         for index, fake in enumerate(self.fakes):
             fake.free = index == to
+            fake.unreachable = None if index == to else DOWN
         self.fakes[to].script.append(step)
         await self.executor.execute(Execution(execution_id, "cpu_short", {}, 60))
 
