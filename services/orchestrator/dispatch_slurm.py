@@ -21,8 +21,9 @@ of it; Slurm sets up the user's own login environment) and `--no-requeue` (Slurm
 command a second time by itself). Timeouts are enforced in seconds inside the job (coreutils
 `timeout`), with Slurm's `--time` in whole minutes one minute later as the backstop. Time spent
 queued is bounded too: a job still PENDING `slurm.pending_timeout` after sbatch (by default the
-task's own timeout) is cancelled (only while still pending, so a job that has just started runs
-on) and its task fails as never started.
+task's own timeout, but at least PENDING_FLOOR_S: even an idle cluster takes seconds to start a
+job) is cancelled (only while still pending, so a job that has just started runs on) and its
+task fails as never started.
 
 States come from squeue while the job is active, then from `scontrol show job` (kept by slurmctld
 for MinJobAge after the end, with no accounting database needed), then from sacct when the
@@ -60,6 +61,10 @@ from .executor import Execution, ExecutionOutcome, TransientFailure
 from .settings import SlurmSettings
 
 log = get_logger("dispatch_slurm")
+# Without slurm.pending_timeout, a job may stay PENDING for its task's timeout, but never less
+# than this: slurmctld schedules in passes, and a loaded controller took over 2 s to start a job
+# on an idle test cluster.
+PENDING_FLOOR_S = 60.0
 
 SLURM_CLASS = "gpu_slurm"
 PAYLOAD_KEYS = ("command", "env", "stdin", "workdir", "gpus")
@@ -536,7 +541,7 @@ class SlurmExecutor:
         """'' while the job may wait on; past its pending limit, scancel it (only if it is still
         pending: one that has just started runs on) and return the task's error."""
         configured = self._settings.pending_timeout
-        limit = configured or max(execution.timeout_seconds, 1)
+        limit = configured or max(execution.timeout_seconds, PENDING_FLOOR_S)
         waited = time.time() - submitted
         if waited < limit:
             return ""
@@ -548,8 +553,12 @@ class SlurmExecutor:
                         job_id=job_id, error=str(exc))
             return ""  # asked again at the next poll
         why = f" ({reason})" if reason and reason != "None" else ""
-        limit_text = (f"slurm.pending_timeout {limit:g} s" if configured
-                      else f"the task's timeout of {limit:g} s")
+        if configured:
+            limit_text = f"slurm.pending_timeout {limit:g} s"
+        elif execution.timeout_seconds >= PENDING_FLOOR_S:
+            limit_text = f"the task's timeout of {limit:g} s"
+        else:
+            limit_text = f"{limit:g} s, the least a job may wait to start"
         log.warning("slurm_never_started", execution_id=execution.execution_id, job_id=job_id,
                     waited_s=round(waited, 1), reason=reason)
         return (f"never started: Slurm job {job_id} was still PENDING{why} after {waited:.0f} s "

@@ -83,7 +83,8 @@ class SlurmSettings(Section):
     # Job files older than this are removed.
     retention: Duration = Field(7 * 24 * 3600.0, gt=0)
     # How long a job may stay PENDING in Slurm (from sbatch) before it is cancelled and its task
-    # fails as never started. 0: the task's own timeout, so no task waits longer than it may run.
+    # fails as never started. 0: the task's own timeout (at least 60 s), so no task waits much
+    # longer than it may run.
     pending_timeout: Duration = Field(0.0, ge=0)
 
 

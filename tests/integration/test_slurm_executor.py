@@ -187,7 +187,7 @@ async def test_gpus_the_cluster_lacks_are_refused(executor: SlurmExecutor) -> No
 
 async def test_job_pending_past_its_timeout_is_cancelled(slurm_cluster: float,
                                                         work_dir: Path) -> None:
-    executor = SlurmExecutor(slurm_settings(sbatch_args=IMPOSSIBLE), work_dir)
+    executor = SlurmExecutor(slurm_settings(sbatch_args=IMPOSSIBLE, pending_timeout=2), work_dir)
     started = time.monotonic()
     outcome = await executor.execute(execution({"command": "echo never"}, timeout=2))
     elapsed = time.monotonic() - started
@@ -195,12 +195,12 @@ async def test_job_pending_past_its_timeout_is_cancelled(slurm_cluster: float,
     job_id = outcome.result["job_id"]
     assert re.match(rf"never started: Slurm job {job_id} was still PENDING \(Partition\w+\) "
                     r"after \d+ s", outcome.error), outcome
-    assert outcome.error.endswith("(the task's timeout of 2 s); it was cancelled")
+    assert outcome.error.endswith("(slurm.pending_timeout 2 s); it was cancelled")
     assert outcome.result["never_started"] == "true"
     assert outcome.result["state"] == "CANCELLED"
     assert outcome.result["stdout"] == ""
     await wait_job_state(job_id, "CANCELLED")
-    assert 2 <= elapsed < 20, f"a 2 s timeout took {elapsed:.1f}s"
+    assert 2 <= elapsed < 20, f"a 2 s pending limit took {elapsed:.1f}s"
 
 
 # -- re-dispatch: one execution, one job ---------------------------------------------------
@@ -360,9 +360,10 @@ async def test_orchestrator_reload_applies_slurm_settings(slurm_cluster: float,
         running_id = await wait_running(job_name(in_flight, JobFiles.of(work_dir, in_flight).key))
 
         # What SIGHUP does with a changed [slurm]: new jobs get the new sbatch arguments (here,
-        # ones no job of this cluster can start with); the job in flight carries on.
+        # ones no job of this cluster can start with) and pending limit; the job in flight
+        # carries on.
         orch.reconfigure(settings.model_copy(update={"slurm": settings.slurm.model_copy(
-            update={"sbatch_args": IMPOSSIBLE, "poll_interval": 0.3})}))
+            update={"sbatch_args": IMPOSSIBLE, "poll_interval": 0.3, "pending_timeout": 3.0})}))
         await orch.scheduler.submit(TaskRequest(stuck, "gpu_slurm", {"command": "echo never"},
                                                 timeout_seconds=3))
         done, failed = await wait_terminal(orch, in_flight, stuck)

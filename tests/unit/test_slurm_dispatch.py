@@ -501,6 +501,20 @@ async def test_a_job_pending_within_its_time_is_left_alone(tmp_path: Path) -> No
     assert scancel_calls(settings) == []
 
 
+async def test_a_short_timeout_still_gives_a_job_the_floor_to_start(tmp_path: Path) -> None:
+    # A 2 s task pending for 30 s: under the 60 s floor, so it is left to start and finish.
+    settings, work, name = pending_job(
+        tmp_path, waited=30,
+        squeue=counting('if [ "$n" -le 2 ]; then echo "PENDING|NAME|Priority"; '
+                        'elif [ "$n" -le 3 ]; then echo "RUNNING|NAME|None"; fi'),
+        scontrol=UP + 'echo "JobId=17 JobName=NAME JobState=COMPLETED ExitCode=0:0"')
+    name_commands(name, settings.squeue, settings.scontrol)
+    short = Execution("job-1", "gpu_slurm", {"command": "true"}, 2)
+    outcome = await asyncio.wait_for(SlurmExecutor(settings, work).execute(short), 10)
+    assert outcome.success, outcome
+    assert scancel_calls(settings) == []
+
+
 @pytest.mark.parametrize("first", ["PENDING", "RUNNING"])
 async def test_a_job_that_has_started_runs_on_past_the_pending_limit(tmp_path: Path,
                                                                      first: str) -> None:
