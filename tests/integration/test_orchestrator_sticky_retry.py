@@ -17,7 +17,6 @@ arrived (the JSON "rpc" log line only comes when it ends), and the log lines are
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import time
@@ -32,17 +31,17 @@ from tests.daemon_support import (
     DaemonProcess,
     eventually,
     fetch_metrics,
-    running_daemon,
     sample_value,
 )
-from tests.env_support import STACK_LABEL
-from tests.integration.test_orchestrator_cancel_endpoints import (
-    ENV_SERVICE,
+from tests.endpoints_support import (
+    EXECUTE_TASK,
     env_manager_of,
     logged_so_far,
     rpc_count,
     runner_of,
+    two_env_managers,
 )
+from tests.env_support import STACK_LABEL
 from tests.orchestrator_support import (
     IO_MOUNT,
     Stack,
@@ -50,8 +49,6 @@ from tests.orchestrator_support import (
     Workload,
     gated,
     new_id,
-    orchestrator_stack,
-    orchestrator_toml,
     submit,
     wait_done,
     wait_status,
@@ -59,7 +56,6 @@ from tests.orchestrator_support import (
 
 pytestmark = pytest.mark.docker  # real daemons and containers
 
-EXECUTE_TASK = f"{ENV_SERVICE}/ExecuteTask"
 TASK_ID_LABEL = "org.agent-infra.task-id"
 
 
@@ -108,21 +104,10 @@ async def orchestrator_reaches(stub: Stub, stack: Stack) -> None:
 @pytest.mark.timeout(300)
 async def test_a_retry_goes_back_to_the_env_manager_running_the_task(tmp_path: Path) -> None:
     began = time.time()
-    workloads = {"cpu_short": Workload(concurrency=1)}
-    async with contextlib.AsyncExitStack() as exits:
-        # Both stacks' env-managers only; each stack removes its containers on exit.
-        stacks = [await exits.enter_async_context(orchestrator_stack(
-            tmp_path / name, workloads=workloads, start=False)) for name in ("a", "b")]
-        for stack in stacks:
-            await stack.start_env_manager()
-        config = tmp_path / "orchestrator.toml"
-        # One orchestrator slot for the class: whatever holds it holds the retry back.
-        config.write_text(orchestrator_toml({"cpu_short": {"concurrency": 1}}) + "".join(
-            f'[[env_managers]]\naddress = "{s.env_manager_addr}"\n' for s in stacks))
-        orchestrator = await exits.enter_async_context(running_daemon(
-            "orchestrator", tmp_path,
-            args=["--config", str(config), "--data-dir", str(tmp_path / "orchestrator-data")]))
-        stub = Stub(orchestrator.channel())
+    # One orchestrator slot for the class: whatever holds it holds the retry back.
+    async with two_env_managers(tmp_path, {"cpu_short": Workload(concurrency=1)},
+                                {"cpu_short": {"concurrency": 1}}) as setup:
+        stacks, orchestrator, stub = setup.stacks, setup.orchestrator, setup.stub
 
         task, holder = new_id("sticky"), new_id("holder")
         await submit(stub, task, gated(f"echo ran >> {IO_MOUNT}/runs"))

@@ -10,7 +10,7 @@ from services.orchestrator import dispatch_env
 from services.orchestrator.dispatch_env import EnvManagerExecutor
 from services.orchestrator.executor import Execution, TransientFailure
 from services.orchestrator.settings import EnvManagerEndpoint
-from tests.unit.test_env_dispatch_cancel import DOWN, OK, SLOW, FakeEnvManager
+from tests.env_dispatch_fakes import DOWN, OK, SLOW, FakeEnvManager
 
 
 class Endpoints:
