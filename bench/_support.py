@@ -21,11 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from client.wire import env_manager_pb2_grpc  # noqa: E402  (needs the repo root on sys.path)
+from agent_infra.wire import env_manager_pb2_grpc  # noqa: E402  (needs the repo root on sys.path)
+
 from tests.daemon_support import DaemonProcess, running_daemon  # noqa: E402
 
 if TYPE_CHECKING:
-    from client.wire.env_manager_pb2_grpc import EnvManagerServiceAsyncStub
+    from agent_infra.wire.env_manager_pb2_grpc import EnvManagerServiceAsyncStub
 
 IMAGE = "local/busybox:latest"
 BENCH_LABEL = "org.agent-infra.bench"

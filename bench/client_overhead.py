@@ -52,6 +52,11 @@ import grpc
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agent_infra.client import AgentInfra  # noqa: E402
+from agent_infra.wire import env_manager_pb2 as em_pb  # noqa: E402
+from agent_infra.wire import orchestrator_pb2 as pb  # noqa: E402
+from agent_infra.wire import orchestrator_pb2_grpc  # noqa: E402
+
 from bench._support import (  # noqa: E402  (needs the repo root on sys.path)
     IMAGE,
     STACK_LABEL,
@@ -64,14 +69,10 @@ from bench._support import (  # noqa: E402  (needs the repo root on sys.path)
     run_id,
     verdict,
 )
-from client import AgentInfra  # noqa: E402
-from client.wire import env_manager_pb2 as em_pb  # noqa: E402
-from client.wire import orchestrator_pb2 as pb  # noqa: E402
-from client.wire import orchestrator_pb2_grpc  # noqa: E402
 from tests.daemon_support import free_port, running_daemon  # noqa: E402
 
 if TYPE_CHECKING:
-    from client.wire.orchestrator_pb2_grpc import OrchestratorServiceAsyncStub
+    from agent_infra.wire.orchestrator_pb2_grpc import OrchestratorServiceAsyncStub
 
 TARGET = 1.10
 TASK_CLASS = "cpu_short"

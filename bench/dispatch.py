@@ -53,20 +53,21 @@ from prometheus_client import CollectorRegistry
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from client.wire import orchestrator_pb2 as pb  # noqa: E402  (needs the repo root on sys.path)
-from client.wire import orchestrator_pb2_grpc  # noqa: E402
-from services.orchestrator.executor import (  # noqa: E402
+from agent_infra.orchestrator.executor import (  # noqa: E402
     Execution,
     ExecutionOutcome,
     InProcessExecutor,
 )
-from services.orchestrator.model import Task, TaskRequest, TaskState  # noqa: E402
-from services.orchestrator.service import Orchestrator  # noqa: E402
-from services.orchestrator.settings import OrchestratorSettings  # noqa: E402
+from agent_infra.orchestrator.model import Task, TaskRequest, TaskState  # noqa: E402
+from agent_infra.orchestrator.service import Orchestrator  # noqa: E402
+from agent_infra.orchestrator.settings import OrchestratorSettings  # noqa: E402
+from agent_infra.wire import orchestrator_pb2 as pb  # noqa: E402  (needs the repo root on sys.path)
+from agent_infra.wire import orchestrator_pb2_grpc  # noqa: E402
+
 from tests.daemon_support import free_port, running_daemon  # noqa: E402
 
 if TYPE_CHECKING:
-    from client.wire.orchestrator_pb2_grpc import OrchestratorServiceAsyncStub
+    from agent_infra.wire.orchestrator_pb2_grpc import OrchestratorServiceAsyncStub
 
 OURS = "orchestrator"
 FLOOR = "semaphore"

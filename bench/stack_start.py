@@ -45,6 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agent_infra.wire import env_manager_pb2 as pb  # noqa: E402
+
 from bench._support import (  # noqa: E402  (needs the repo root on sys.path)
     BENCH_LABEL,
     IMAGE,
@@ -59,7 +61,6 @@ from bench._support import (  # noqa: E402  (needs the repo root on sys.path)
     run_id,
     verdict,
 )
-from client.wire import env_manager_pb2 as pb  # noqa: E402
 
 LEVELS = 4
 CONTAINER_PORT = 8000

@@ -55,8 +55,9 @@ SELF = Path(__file__).resolve()
 REPO = SELF.parent.parent
 sys.path.insert(0, str(REPO))
 
-from client.wire import orchestrator_pb2 as pb  # noqa: E402  (needs the repo root on sys.path)
-from client.wire import orchestrator_pb2_grpc  # noqa: E402
+from agent_infra.wire import orchestrator_pb2 as pb  # noqa: E402  (needs the repo root on sys.path)
+from agent_infra.wire import orchestrator_pb2_grpc  # noqa: E402
+
 from tests.daemon_support import (  # noqa: E402
     DaemonProcess,
     NotifyListener,
@@ -65,7 +66,7 @@ from tests.daemon_support import (  # noqa: E402
 )
 
 if TYPE_CHECKING:
-    from client.wire.orchestrator_pb2_grpc import OrchestratorServiceAsyncStub
+    from agent_infra.wire.orchestrator_pb2_grpc import OrchestratorServiceAsyncStub
 
 OURS = "orchestrator"
 ECHO = "grpc echo"
@@ -116,8 +117,8 @@ sys.path.insert(0, sys.argv[2])
 
 import grpc
 
-from client.wire import orchestrator_pb2 as pb
-from client.wire import orchestrator_pb2_grpc
+from agent_infra.wire import orchestrator_pb2 as pb
+from agent_infra.wire import orchestrator_pb2_grpc
 
 
 class Echo(orchestrator_pb2_grpc.OrchestratorServiceServicer):

@@ -31,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agent_infra.wire import env_manager_pb2 as pb  # noqa: E402
+
 from bench._support import (  # noqa: E402  (needs the repo root on sys.path)
     BENCH_LABEL,
     IMAGE,
@@ -46,7 +48,6 @@ from bench._support import (  # noqa: E402  (needs the repo root on sys.path)
     run_id,
     verdict,
 )
-from client.wire import env_manager_pb2 as pb  # noqa: E402
 
 TARGET = 1.15
 WORKLOAD_CLASS = "cpu_short"

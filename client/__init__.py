@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Exports load on first use: the daemons import client.wire (and env-manager's client)
+# Exports load on first use: the orchestrator imports env-manager's client
 # without paying for AgentInfra, the CLI's helpers and the rest at start-up.
 _EXPORTS = {
     "AgentInfra": ".infra",

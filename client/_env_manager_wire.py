@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from client.wire import env_manager_pb2 as pb
+from agent_infra.wire import env_manager_pb2 as pb
 
 from .env_manager_models import (
     GPU,

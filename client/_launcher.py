@@ -1,5 +1,5 @@
 """Local daemons for `AgentInfra`'s auto_start: find out whether a daemon answers, start one
-(``python -m services.env_manager`` / ``services.orchestrator``) in its own session with its
+(``python -m agent_infra.env_manager`` / ``agent_infra.orchestrator``) in its own session with its
 output in a log file and its pid in a pid file, wait for grpc.health.v1 SERVING, stop it.
 
 Daemons started *attached* (by ``async with AgentInfra.start(auto_start=True)``) are also
@@ -42,7 +42,10 @@ __all__ = [
 ]
 
 #: Daemon name -> the module ``python -m`` runs.
-DAEMON_MODULES = {"env-manager": "services.env_manager", "orchestrator": "services.orchestrator"}
+DAEMON_MODULES = {
+    "env-manager": "agent_infra.env_manager",
+    "orchestrator": "agent_infra.orchestrator",
+}
 # A started daemon must not report to the caller's own systemd unit.
 _STRIPPED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
                  "LISTEN_FDNAMES")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from client.wire import orchestrator_pb2 as pb
+from agent_infra.wire import orchestrator_pb2 as pb
 
 from .orchestrator_models import (
     CancelResult,

@@ -1,6 +1,6 @@
 """`EnvManagerClient`: typed async access to env-manager (env_manager.v1), one method per RPC.
 
-    from client import EnvManagerClient
+    from agent_infra.client import EnvManagerClient
 
     async with EnvManagerClient() as env:            # ENV_MANAGER_GRPC_ADDR or 127.0.0.1:50100
         async for update in env.start_services(["api"]):
@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
-from client.wire import env_manager_pb2 as pb
-from client.wire import env_manager_pb2_grpc
+from agent_infra.wire import env_manager_pb2 as pb
+from agent_infra.wire import env_manager_pb2_grpc
 
 from . import _env_manager_wire as wire
 from ._base import ServiceClient, names_tuple

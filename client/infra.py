@@ -1,6 +1,6 @@
 """`AgentInfra`: the high-level entry point, with the original client's API kept.
 
-    from client import AgentInfra
+    from agent_infra.client import AgentInfra
 
     async with AgentInfra.start() as infra:              # connect (ORCHESTRATOR_GRPC_ADDR ...)
         print(await infra.health_check())                # {"healthy": True, "version": ...}
@@ -18,8 +18,8 @@ started as background processes in their own session when nothing answers on the
 it waits until they serve, and returns the daemons it started, leaving them running.
 
 auto_start (for the context manager and ``await``): a daemon that does not answer on its
-address is started as a local subprocess (``python -m services.env_manager`` /
-``services.orchestrator``, with the given configs), and stopped with SIGTERM, gracefully, when
+address is started as a local subprocess (``python -m agent_infra.env_manager`` /
+``agent_infra.orchestrator``, with the given configs), and stopped with SIGTERM, gracefully, when
 the `AgentInfra` closes; a daemon that was already running is never started or stopped. Only
 loopback addresses can be auto-started. Logs and pid files go to ``data_dir`` (default
 ``~/.local/state/agent-infra``): ``env-manager.log``, ``orchestrator.log``, ``*.pid``.

@@ -1,7 +1,7 @@
 """`OrchestratorClient`: typed async access to the orchestrator (orchestrator.v1), one method
 per RPC.
 
-    from client import OrchestratorClient
+    from agent_infra.client import OrchestratorClient
 
     async with OrchestratorClient() as orch:         # ORCHESTRATOR_GRPC_ADDR or 127.0.0.1:50052
         submitted = await orch.submit_task("t-1", {"command": ["echo", "hi"]})
@@ -35,8 +35,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from client.wire import orchestrator_pb2 as pb
-from client.wire import orchestrator_pb2_grpc
+from agent_infra.wire import orchestrator_pb2 as pb
+from agent_infra.wire import orchestrator_pb2_grpc
 
 from . import _orchestrator_wire as wire
 from ._base import ServiceClient, names_tuple

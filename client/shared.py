@@ -1,6 +1,6 @@
 """One shared `AgentInfra` per event loop, for code that should not pass one around.
 
-    from client import ensure_infra, ensure_infra_sync, shutdown_infra, use_infra
+    from agent_infra.client import ensure_infra, ensure_infra_sync, shutdown_infra, use_infra
 
     infra = await ensure_infra()              # connected once per event loop, then reused
     async with use_infra() as infra: ...      # the same instance; left open on exit

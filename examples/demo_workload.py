@@ -12,7 +12,7 @@ import asyncio
 import sys
 import urllib.request
 
-from client import EnvManagerClient, InfraError
+from agent_infra import EnvManagerClient, InfraError
 
 
 async def bring_up(em: EnvManagerClient) -> bool:

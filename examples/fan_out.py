@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 
-from client import AgentInfra, InfraError, TaskResult
+from agent_infra import AgentInfra, InfraError, TaskResult
 
 
 async def main(count: int, task_class: str, timeout: float) -> int:

@@ -15,7 +15,7 @@ import argparse
 import asyncio
 import sys
 
-from client import AgentInfra, InfraError, InfraUnavailable
+from agent_infra import AgentInfra, InfraError, InfraUnavailable
 
 
 async def main(command: list[str], task_class: str, timeout: float) -> int:

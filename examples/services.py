@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import sys
 
-from client import AgentInfra, InfraError, NotFound
+from agent_infra import AgentInfra, InfraError, NotFound
 
 
 async def main(names: list[str], keep: bool, tail: int) -> int:

@@ -17,7 +17,7 @@ import asyncio
 import sys
 from typing import Any
 
-from client import AgentInfra, InfraError, ensure_infra_sync, shutdown_infra
+from agent_infra import AgentInfra, InfraError, ensure_infra_sync, shutdown_infra
 
 
 def run_task_sync(command: list[str], timeout: float = 300) -> dict[str, Any]:

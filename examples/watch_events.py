@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import datetime
 
-from client import AgentInfra, InfraError, SystemEvent
+from agent_infra import AgentInfra, InfraError, SystemEvent
 
 
 def show(event: SystemEvent) -> None:

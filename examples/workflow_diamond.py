@@ -21,7 +21,7 @@ import asyncio
 import sys
 from typing import Any
 
-from client import AgentInfra, InfraError
+from agent_infra import AgentInfra, InfraError
 
 
 def sh(script: str, **env: str) -> dict[str, Any]:

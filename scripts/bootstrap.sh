@@ -99,15 +99,19 @@ ensure_venv() {
 
 ensure_install() {
     local want have=""
-    want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+    # The strict editable install links each module file into build/__editable__*, so a
+    # module added or removed needs a re-install: the stamp covers the list of package files.
+    want="$( { cat "$REPO/pyproject.toml"; cd "$REPO" && find services client -name '*.py*' \
+        -not -path '*/__pycache__/*' | LC_ALL=C sort; } | sha256sum | cut -d' ' -f1)"
     [[ -f "$STAMP" ]] && have="$(<"$STAMP")"
     if [[ "$want" == "$have" ]]; then
-        step "venv up to date (pyproject.toml unchanged)"
+        step "venv up to date (pyproject.toml and the package files unchanged)"
         return
     fi
     step "pip install -e \"${REPO}[test]\""
     rm -f "$STAMP"
     PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q -e "${REPO}[test]" \
+        --config-settings editable_mode=strict \
         </dev/null >&2
     printf '%s\n' "$want" >"$STAMP"
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Generate the Python gRPC stubs in client/wire/ from proto/*.proto.
+"""Generate the Python gRPC stubs in services/wire/ from proto/*.proto.
 
-This is the only way client/wire/ is produced; never edit its files by hand. Usage, from anywhere:
+This is the only way services/wire/ is produced; never edit its files by hand. Usage, from anywhere:
 
-    .venv/bin/python scripts/gen_proto.py            # regenerate client/wire/ in place
+    .venv/bin/python scripts/gen_proto.py            # regenerate services/wire/ in place
     .venv/bin/python scripts/gen_proto.py --out DIR  # generate into DIR instead (used by tests)
 
 For every proto/NAME.proto it writes NAME_pb2.py, NAME_pb2.pyi, NAME_pb2_grpc.py and
@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-DEFAULT_OUT = ROOT / "client" / "wire"
+DEFAULT_OUT = ROOT / "services" / "wire"
 
 # Suffixes of the files generated for each proto; also what a regeneration may delete from --out.
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")

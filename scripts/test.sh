@@ -20,24 +20,22 @@ step "ruff check ."
 ruff_rc=0
 "$PY" -m ruff check . || ruff_rc=$?
 
-# Only directories that hold Python files: mypy fails on a directory with none.
-# client/wire is generated code, excluded in pyproject's [tool.mypy].
+# Two mypy runs: the package by its import name (found through the strict editable install,
+# so errors are reported for agent_infra.*), then the scripts, tests and benchmarks by path
+# (--explicit-package-bases names them tests.docker_support etc., as pytest imports them).
+# Generated code (agent_infra.wire) is excluded in pyproject's [tool.mypy].
+mypy_rc=0
+step "mypy -p agent_infra"
+"$PY" -m mypy -p agent_infra || mypy_rc=$?
 mypy_dirs=()
-for d in services client scripts tests bench; do
-    if [[ -d "$d" ]] && [[ -n "$(find "$d" -path client/wire -prune -o \
-        \( -name '*.py' -o -name '*.pyi' \) -print -quit)" ]]; then
+for d in scripts tests bench; do
+    if [[ -d "$d" ]] && [[ -n "$(find "$d" \( -name '*.py' -o -name '*.pyi' \) -print -quit)" ]]; then
         mypy_dirs+=("$d")
     fi
 done
-mypy_rc=0
 if ((${#mypy_dirs[@]})); then
-    # --explicit-package-bases: files are named by their path from the repo root
-    # (services.runtime.values, tests.docker_support), as pytest (pythonpath=["."]) imports
-    # them, so namespace packages without __init__.py and same-named files don't clash.
     step "mypy ${mypy_dirs[*]}"
     "$PY" -m mypy --explicit-package-bases "${mypy_dirs[@]}" || mypy_rc=$?
-else
-    step "mypy: no Python files to check"
 fi
 
 step "pytest $*"

@@ -38,14 +38,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # runnable from a checkout that was not pip-installed
-
-from client import (  # noqa: E402  (needs the repo root on sys.path)
+from agent_infra import (
     AgentInfra,
     InfraError,
     InfraUnavailable,

@@ -27,8 +27,8 @@ from prometheus_client.samples import Sample
 
 REPO = Path(__file__).resolve().parent.parent
 MODULES = {
-    "env-manager": "services.env_manager",
-    "orchestrator": "services.orchestrator",
+    "env-manager": "agent_infra.env_manager",
+    "orchestrator": "agent_infra.orchestrator",
     # env-manager plus a slow RPC and an endless stream, for shutdown tests
     "slow": "tests.slow_daemon",
 }

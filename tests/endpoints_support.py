@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.wire import env_manager_pb2, env_manager_pb2_grpc
+from agent_infra.wire import env_manager_pb2, env_manager_pb2_grpc
+
 from tests.daemon_support import DaemonProcess, eventually, log_records, running_daemon
 from tests.orchestrator_support import (
     Stack,

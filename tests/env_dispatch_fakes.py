@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from client import EnvManagerClient
-from client.env_manager_models import HardwareInfo, ResourceAvailability, TaskExecution
-from client.errors import DeadlineExceeded, InfraUnavailable, InvalidArgument
+from agent_infra.client import EnvManagerClient
+from agent_infra.client.env_manager_models import HardwareInfo, ResourceAvailability, TaskExecution
+from agent_infra.client.errors import DeadlineExceeded, InfraUnavailable, InvalidArgument
 
 HANG = "hang"  # execute_task waits until the calling task is cancelled
 DOWN = "down"  # InfraUnavailable

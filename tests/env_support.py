@@ -10,9 +10,9 @@ from pathlib import Path
 
 import aiodocker
 import grpc
+from agent_infra.wire import env_manager_pb2 as pb
+from agent_infra.wire import env_manager_pb2_grpc
 
-from client.wire import env_manager_pb2 as pb
-from client.wire import env_manager_pb2_grpc
 from tests.daemon_support import DaemonProcess, running_daemon
 from tests.docker_support import TEST_IMAGE
 

@@ -24,9 +24,9 @@ from typing import Any
 import aiodocker
 import aiohttp
 import grpc
+from agent_infra.wire import orchestrator_pb2 as pb
+from agent_infra.wire import orchestrator_pb2_grpc
 
-from client.wire import orchestrator_pb2 as pb
-from client.wire import orchestrator_pb2_grpc
 from tests.daemon_support import DaemonProcess, eventually, free_port, start_daemon
 from tests.docker_support import TEST_IMAGE
 from tests.env_support import STACK_LABEL, remove_stack_containers, rpc_error, stack_name

@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-
-from services.env_manager.app import EnvManagerApp
-from services.env_manager.settings import SPEC
-from services.runtime import DaemonSettings, run_daemon
+from agent_infra.env_manager.app import EnvManagerApp
+from agent_infra.env_manager.settings import SPEC
+from agent_infra.runtime import DaemonSettings, run_daemon
 
 SERVICE = "agent_infra.test.Slow"
 

@@ -6,9 +6,8 @@ import asyncio
 from typing import Any
 
 import grpc
-
-from client.wire import env_manager_pb2, env_manager_pb2_grpc
-from services.runtime import DaemonApp, DaemonContext
+from agent_infra.runtime import DaemonApp, DaemonContext
+from agent_infra.wire import env_manager_pb2, env_manager_pb2_grpc
 
 from .manager import EnvManager
 from .servicer import EnvManagerServicer

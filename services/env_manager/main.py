@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from services.runtime import DaemonSettings, run_daemon
+from agent_infra.runtime import DaemonSettings, run_daemon
 
 from .app import EnvManagerApp
 from .settings import SPEC, EnvManagerSettings

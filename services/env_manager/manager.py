@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from services.runtime.errors import Unavailable
-from services.runtime.logs import get_logger
+from agent_infra.runtime.errors import Unavailable
+from agent_infra.runtime.logs import get_logger
 
 from .docker.engine import DockerEngine
 from .resources import Availability, HardwareProbe, availability, cpu_cores

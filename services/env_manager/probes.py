@@ -12,8 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
-
-from services.runtime.errors import DeadlineExceeded, FailedPrecondition, NotFound
+from agent_infra.runtime.errors import DeadlineExceeded, FailedPrecondition, NotFound
 
 from .docker.containers import ContainerState, exec_in, inspect_state
 from .docker.engine import DockerEngine

@@ -14,10 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
 
+from agent_infra.runtime import Duration, Section
+from agent_infra.runtime.errors import InvalidArgument, NotFound
 from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, model_validator
-
-from services.runtime import Duration, Section
-from services.runtime.errors import InvalidArgument, NotFound
 
 Condition = Literal["started", "healthy", "completed_successfully"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"

@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from services.runtime.logs import get_logger
+from agent_infra.runtime.logs import get_logger
 
 from .tasks import TaskRunner
 

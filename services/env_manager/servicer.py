@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from client.wire import env_manager_pb2 as pb
-from client.wire import env_manager_pb2_grpc
+from agent_infra.wire import env_manager_pb2 as pb
+from agent_infra.wire import env_manager_pb2_grpc
 
 from .health_watch import watch_health
 from .image_pulls import pull_all

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, PrivateAttr, model_validator
-
-from services.env_manager.registry import NAME_PATTERN, Registry, ServiceSpec
-from services.env_manager.workloads import TaskSettings, WorkloadClass
-from services.runtime import (
+from agent_infra.env_manager.registry import NAME_PATTERN, Registry, ServiceSpec
+from agent_infra.env_manager.workloads import TaskSettings, WorkloadClass
+from agent_infra.runtime import (
     ConfigSpec,
     DaemonSettings,
     Duration,
@@ -18,6 +16,7 @@ from services.runtime import (
     common_options,
     truthy,
 )
+from pydantic import Field, PrivateAttr, model_validator
 
 
 class DockerSettings(Section):

@@ -13,8 +13,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from services.runtime.errors import DomainError, InvalidArgument, NotFound
-from services.runtime.logs import get_logger
+from agent_infra.runtime.errors import DomainError, InvalidArgument, NotFound
+from agent_infra.runtime.logs import get_logger
 
 from .docker import containers
 from .docker.containers import ContainerState, Usage

@@ -16,8 +16,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
-from services.runtime.errors import DomainError
-from services.runtime.logs import get_logger
+from agent_infra.runtime.errors import DomainError
+from agent_infra.runtime.logs import get_logger
 
 from .docker import containers
 from .docker.containers import ContainerState

@@ -20,12 +20,11 @@ from typing import Any
 
 import aiodocker
 import aiohttp
+from agent_infra.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from agent_infra.runtime.logs import get_logger
 from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 from yarl import URL
-
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.runtime.logs import get_logger
 
 from . import labels
 from .docker.engine import DockerEngine

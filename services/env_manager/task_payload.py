@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.runtime.errors import FailedPrecondition, InvalidArgument
+from agent_infra.runtime.errors import FailedPrecondition, InvalidArgument
 
 from .workloads import WorkloadClass
 

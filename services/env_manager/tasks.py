@@ -28,8 +28,8 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
-from services.runtime.logs import get_logger
+from agent_infra.runtime.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from agent_infra.runtime.logs import get_logger
 
 from . import labels
 from .docker.engine import DockerEngine

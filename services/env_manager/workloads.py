@@ -15,10 +15,9 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Self
 
+from agent_infra.env_manager.registry import ByteSize
+from agent_infra.runtime import Duration, Section
 from pydantic import Field, model_validator
-
-from services.env_manager.registry import ByteSize
-from services.runtime import Duration, Section
 
 DEFAULT_IMAGE = "python:3.11-slim"
 MIB = 1024 * 1024

@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+from agent_infra.runtime import DaemonApp, DaemonContext, package_version
+from agent_infra.wire import orchestrator_pb2, orchestrator_pb2_grpc
 from aiohttp import web
-
-from client.wire import orchestrator_pb2, orchestrator_pb2_grpc
-from services.runtime import DaemonApp, DaemonContext, package_version
 
 from .http_api import queue_routes
 from .scheduler import Scheduler

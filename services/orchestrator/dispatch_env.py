@@ -40,10 +40,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from client import ConnectionConfig, EnvManagerClient
-from client.errors import DeadlineExceeded, InfraError, InfraUnavailable
-from services.runtime.errors import FailedPrecondition
-from services.runtime.logs import get_logger
+from agent_infra.client import ConnectionConfig, EnvManagerClient
+from agent_infra.client.errors import DeadlineExceeded, InfraError, InfraUnavailable
+from agent_infra.runtime.errors import FailedPrecondition
+from agent_infra.runtime.logs import get_logger
 
 from .executor import Execution, ExecutionOutcome, TransientFailure
 from .settings import EnvManagerEndpoint

@@ -54,8 +54,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.runtime.errors import FailedPrecondition, InvalidArgument
-from services.runtime.logs import get_logger
+from agent_infra.runtime.errors import FailedPrecondition, InvalidArgument
+from agent_infra.runtime.logs import get_logger
 
 from .executor import Execution, ExecutionOutcome, TransientFailure
 from .settings import SlurmSettings

@@ -27,8 +27,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from services.runtime.errors import InvalidArgument, Unavailable
-from services.runtime.logs import get_logger
+from agent_infra.runtime.errors import InvalidArgument, Unavailable
+from agent_infra.runtime.logs import get_logger
 
 from .model import Event
 from .store import Store

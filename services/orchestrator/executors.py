@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
-from services.runtime.logs import get_logger
+from agent_infra.runtime.logs import get_logger
 
 from .dispatch_env import EnvManagerExecutor
 from .dispatch_slurm import SLURM_CLASS, SlurmExecutor

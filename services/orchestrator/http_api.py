@@ -11,9 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiohttp import web
-
-from services.runtime.errors import (
+from agent_infra.runtime.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
@@ -22,6 +20,7 @@ from services.runtime.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from aiohttp import web
 
 from . import tasks_repo
 from .model import TaskRequest

@@ -28,9 +28,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from agent_infra.runtime.errors import InvalidArgument
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from services.runtime.errors import InvalidArgument
 
 from .model import TaskState
 

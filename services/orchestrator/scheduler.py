@@ -17,14 +17,14 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from services.runtime.errors import (
+from agent_infra.runtime.errors import (
     DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
 )
-from services.runtime.logs import get_logger
+from agent_infra.runtime.logs import get_logger
 
 from . import tasks_repo
 from .executor import CONTROL_KEYS, Execution, Executor, TransientFailure

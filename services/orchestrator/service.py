@@ -11,10 +11,9 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
+from agent_infra.runtime.errors import NotFound
+from agent_infra.runtime.logs import get_logger
 from prometheus_client import CollectorRegistry
-
-from services.runtime.errors import NotFound
-from services.runtime.logs import get_logger
 
 from . import tasks_repo
 from .events import EventHub

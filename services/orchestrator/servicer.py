@@ -10,9 +10,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from client.wire import orchestrator_pb2 as pb
-from client.wire import orchestrator_pb2_grpc
-from services.runtime.errors import InvalidArgument
+from agent_infra.runtime.errors import InvalidArgument
+from agent_infra.wire import orchestrator_pb2 as pb
+from agent_infra.wire import orchestrator_pb2_grpc
 
 from . import tasks_repo
 from .model import Task, TaskRequest, TaskState

@@ -5,9 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
+from agent_infra.runtime import (
+    ConfigSpec,
+    DaemonSettings,
+    Duration,
+    Option,
+    Section,
+    common_options,
+)
 from pydantic import Field, model_validator
-
-from services.runtime import ConfigSpec, DaemonSettings, Duration, Option, Section, common_options
 
 CLASS_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 

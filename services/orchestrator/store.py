@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import orjson
-
-from services.runtime.errors import Unavailable
-from services.runtime.logs import get_logger
+from agent_infra.runtime.errors import Unavailable
+from agent_infra.runtime.logs import get_logger
 
 from .model import Event
 

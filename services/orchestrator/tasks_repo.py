@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.runtime.errors import AlreadyExists
+from agent_infra.runtime.errors import AlreadyExists
 
 from .model import TERMINAL, Task, TaskRequest, TaskState
 from .store import Tx, to_json

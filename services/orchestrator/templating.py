@@ -43,7 +43,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from services.runtime.errors import InvalidArgument
+from agent_infra.runtime.errors import InvalidArgument
 
 # A reference, as `references` reports it: ("input", NAME), ("steps", STEP, "result", KEY),
 # ("steps", STEP, "status"), ("run", "id") or ("workflow", "id").

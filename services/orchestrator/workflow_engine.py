@@ -13,8 +13,8 @@ import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Collection
 
-from services.runtime.errors import DomainError
-from services.runtime.logs import get_logger
+from agent_infra.runtime.errors import DomainError
+from agent_infra.runtime.logs import get_logger
 
 from . import workflow_store as records
 from .model import Task, TaskRequest, TaskState

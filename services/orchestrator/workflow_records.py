@@ -8,7 +8,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from services.runtime.errors import NotFound
+from agent_infra.runtime.errors import NotFound
 
 from .templating import RenderContext
 from .workflow_logic import RunStatus, StepStatus

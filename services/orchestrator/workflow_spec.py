@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.runtime.errors import InvalidArgument, ResourceExhausted
+from agent_infra.runtime.errors import InvalidArgument, ResourceExhausted
 
 from . import templating
 from .templating import RenderContext, TemplateError

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from services.runtime.errors import (
+from agent_infra.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,

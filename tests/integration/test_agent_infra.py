@@ -19,8 +19,7 @@ from pathlib import Path
 
 import aiodocker
 import pytest
-
-from client import (
+from agent_infra.client import (
     AgentInfra,
     InfraUnavailable,
     OrchestratorClient,
@@ -30,6 +29,7 @@ from client import (
     shutdown_infra,
     use_infra,
 )
+
 from tests.daemon_support import REPO, free_port, log_events, running_daemon
 from tests.env_support import remove_stack_containers, stack_name
 from tests.infra_support import (
@@ -316,7 +316,7 @@ async def test_detached_start_snippet_leaves_the_daemons_running(
             # The original's snippet, with this test's config and state directory.
             out = await run_python(
                 "import asyncio\n"
-                "from client import AgentInfra\n"
+                "from agent_infra import AgentInfra\n"
                 f"started = asyncio.run(AgentInfra.start(env_manager_config={str(config)!r}, "
                 f"data_dir={str(state)!r}).start())\n"
                 "print(sorted((d.name, d.pid) for d in started))\n", env)
@@ -374,7 +374,7 @@ async def test_shared_instance_per_loop(tmp_path: Path, docker: aiodocker.Docker
 
 SYNC_SCRIPT = """
 import asyncio, json
-from client import AgentInfra, ensure_infra, ensure_infra_sync, shutdown_infra
+from agent_infra.client import AgentInfra, ensure_infra, ensure_infra_sync, shutdown_infra
 
 print(json.dumps(ensure_infra_sync()))
 print(json.dumps(ensure_infra_sync()))
@@ -415,7 +415,7 @@ async def test_ensure_infra_sync_auto_start_then_exit_leaves_nothing(
         with reaped(state):
             out = await run_python(
                 "import json, pathlib\n"
-                "from client import ensure_infra_sync\n"
+                "from agent_infra import ensure_infra_sync\n"
                 f"kw = dict(auto_start=True, env_manager_config={str(config)!r}, "
                 f"data_dir={str(state)!r})\n"
                 "print(json.dumps(ensure_infra_sync(**kw)))\n"

@@ -33,9 +33,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from agent_infra.client.cli import build_parser
+from agent_infra.client.cli_common import UsageError, parse_since
 
-from client.cli import build_parser
-from client.cli_common import UsageError, parse_since
 from tests.daemon_support import REPO, free_port, running_daemon
 from tests.docker_support import require_docker
 from tests.env_support import (
@@ -83,7 +83,7 @@ class Result:
 def run_cli(*args: str, stdin: str | None = None, timeout: float = 120,
             env: dict[str, str] | None = None) -> Result:
     began = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "agent_infra.client.cli", *args], cwd=REPO,
                           env=cli_env(env), input=stdin, capture_output=True, text=True,
                           timeout=timeout, check=False)
     return Result(done.returncode, done.stdout, done.stderr, time.monotonic() - began)
@@ -96,7 +96,7 @@ def run_in_pty(argv: Sequence[str], *, timeout: float = 120, columns: int = 120,
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     process = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", *argv], cwd=REPO,
+        [sys.executable, "-m", "agent_infra.client.cli", *argv], cwd=REPO,
         env=cli_env({"TERM": "xterm-256color", **(env or {})}), stdin=slave, stdout=slave,
         stderr=slave, close_fds=True, start_new_session=True)
     os.close(slave)
@@ -485,8 +485,8 @@ def test_events_replay_and_follow(stack: Stack) -> None:
 
     # -f: live events as they happen (--since covers the moment before it subscribed).
     follower = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", *stack.args(), "events", "-f", "--since", "5s",
-         "--type", "task_submitted", "--json"], cwd=REPO, env=cli_env(),
+        [sys.executable, "-m", "agent_infra.client.cli", *stack.args(), "events", "-f",
+         "--since", "5s", "--type", "task_submitted", "--json"], cwd=REPO, env=cli_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         live_id = f"live-{uuid.uuid4().hex[:8]}"

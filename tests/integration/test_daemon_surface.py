@@ -13,13 +13,13 @@ import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.samples import Sample
-
-from client.wire import (
+from agent_infra.wire import (
     env_manager_pb2,
     env_manager_pb2_grpc,
 )
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.samples import Sample
+
 from tests.daemon_support import (
     DaemonProcess,
     eventually,

@@ -21,16 +21,16 @@ from typing import Any, TypeVar
 import aiodocker
 import pytest
 import pytest_asyncio
+from agent_infra.env_manager import labels
+from agent_infra.env_manager.docker import containers as ctr
+from agent_infra.env_manager.docker.engine import DockerEngine
+from agent_infra.env_manager.docker.images import PullProgress, image_present, pull
+from agent_infra.env_manager.docker.logs import LogLine, container_logs
+from agent_infra.env_manager.probes import ProbeResult, probe
+from agent_infra.env_manager.registry import ServiceSpec
+from agent_infra.env_manager.settings import RetrySettings
+from agent_infra.runtime.errors import DeadlineExceeded, FailedPrecondition, NotFound
 
-from services.env_manager import labels
-from services.env_manager.docker import containers as ctr
-from services.env_manager.docker.engine import DockerEngine
-from services.env_manager.docker.images import PullProgress, image_present, pull
-from services.env_manager.docker.logs import LogLine, container_logs
-from services.env_manager.probes import ProbeResult, probe
-from services.env_manager.registry import ServiceSpec
-from services.env_manager.settings import RetrySettings
-from services.runtime.errors import DeadlineExceeded, FailedPrecondition, NotFound
 from tests.docker_support import TEST_IMAGE, TEST_LABEL
 
 WAIT_S = 30.0

@@ -18,8 +18,7 @@ from pathlib import Path
 import aiodocker
 import pytest
 import trustme
-
-from client import (
+from agent_infra.client import (
     ConnectionConfig,
     DeadlineExceeded,
     EnvManagerClient,
@@ -33,7 +32,8 @@ from client import (
     ServiceStatusUpdate,
     Unauthenticated,
 )
-from services.env_manager import labels
+from agent_infra.env_manager import labels
+
 from tests.daemon_support import (
     DaemonProcess,
     eventually,

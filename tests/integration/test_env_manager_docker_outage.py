@@ -18,10 +18,10 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+from agent_infra.wire import env_manager_pb2 as pb
+from agent_infra.wire import env_manager_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.wire import env_manager_pb2 as pb
-from client.wire import env_manager_pb2_grpc
 from tests.daemon_support import REPO, eventually, running_daemon
 from tests.docker_support import require_docker
 

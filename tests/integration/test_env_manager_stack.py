@@ -9,9 +9,9 @@ from pathlib import Path
 
 import aiodocker
 import grpc
+from agent_infra.wire import env_manager_pb2 as pb
+from agent_infra.wire import env_manager_pb2_grpc
 
-from client.wire import env_manager_pb2 as pb
-from client.wire import env_manager_pb2_grpc
 from tests.daemon_support import free_port, running_daemon
 from tests.env_support import (
     EXEC_READY,

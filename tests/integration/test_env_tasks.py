@@ -22,21 +22,21 @@ from typing import Any
 import aiodocker
 import pytest
 import pytest_asyncio
-
-from services.env_manager import labels
-from services.env_manager.docker.engine import DockerEngine
-from services.env_manager.resources import HardwareProbe, availability
-from services.env_manager.settings import RetrySettings
-from services.env_manager.task_container import container_name
-from services.env_manager.task_store import TaskStore
-from services.env_manager.tasks import TaskOutcome, TaskRunner
-from services.env_manager.workloads import TaskSettings, WorkloadClass
-from services.runtime.errors import (
+from agent_infra.env_manager import labels
+from agent_infra.env_manager.docker.engine import DockerEngine
+from agent_infra.env_manager.resources import HardwareProbe, availability
+from agent_infra.env_manager.settings import RetrySettings
+from agent_infra.env_manager.task_container import container_name
+from agent_infra.env_manager.task_store import TaskStore
+from agent_infra.env_manager.tasks import TaskOutcome, TaskRunner
+from agent_infra.env_manager.workloads import TaskSettings, WorkloadClass
+from agent_infra.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     Unavailable,
 )
+
 from tests.docker_support import TEST_IMAGE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -390,11 +390,11 @@ async def test_results_past_retention_run_again(harness: Harness) -> None:
 CRASHING_RUNNER = """
 import asyncio, sys
 from pathlib import Path
-from services.env_manager.docker.engine import DockerEngine
-from services.env_manager.settings import RetrySettings
-from services.env_manager.task_store import TaskStore
-from services.env_manager.tasks import TaskRunner
-from services.env_manager.workloads import TaskSettings, WorkloadClass
+from agent_infra.env_manager.docker.engine import DockerEngine
+from agent_infra.env_manager.settings import RetrySettings
+from agent_infra.env_manager.task_store import TaskStore
+from agent_infra.env_manager.tasks import TaskRunner
+from agent_infra.env_manager.workloads import TaskSettings, WorkloadClass
 
 async def main() -> None:
     stack, store_path, folder, task_id = sys.argv[1:5]

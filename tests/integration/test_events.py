@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from agent_infra.orchestrator import events as events_module
+from agent_infra.orchestrator.events import EVENT_TYPES, EventHub, Subscription
+from agent_infra.orchestrator.model import Event
+from agent_infra.orchestrator.store import Store, Tx
+from agent_infra.runtime.errors import InvalidArgument
 
-from services.orchestrator import events as events_module
-from services.orchestrator.events import EVENT_TYPES, EventHub, Subscription
-from services.orchestrator.model import Event
-from services.orchestrator.store import Store, Tx
-from services.runtime.errors import InvalidArgument
 from tests.daemon_support import eventually
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from agent_infra.client import EnvManagerClient
 
-from client import EnvManagerClient
 from tests.daemon_support import REPO, free_port, running_daemon
 from tests.docker_support import require_docker
 from tests.env_support import busybox_service, config_text, remove_stack_containers, stack_name

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from agent_infra.wire import orchestrator_pb2 as pb
 
-from client.wire import orchestrator_pb2 as pb
 from tests.daemon_support import eventually
 from tests.endpoints_support import (
     CANCEL_TASK,

@@ -20,8 +20,7 @@ from typing import TypeVar
 
 import aiodocker
 import pytest
-
-from client import (
+from agent_infra.client import (
     AlreadyExists,
     ConnectionConfig,
     InfraUnavailable,
@@ -32,8 +31,9 @@ from client import (
     TaskResult,
     WorkflowStatus,
 )
-from client.orchestrator import ORCHESTRATOR
-from client.wire import orchestrator_pb2
+from agent_infra.client.orchestrator import ORCHESTRATOR
+from agent_infra.wire import orchestrator_pb2
+
 from tests.daemon_support import free_port
 from tests.infra_support import Pair, daemon_pair
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from agent_infra.wire import orchestrator_pb2 as pb
 
-from client.wire import orchestrator_pb2 as pb
 from tests.daemon_support import eventually
 from tests.orchestrator_support import (
     IO_MOUNT,

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from agent_infra.wire import orchestrator_pb2 as pb
 
-from client.wire import orchestrator_pb2 as pb
 from tests.orchestrator_support import (
     IO_MOUNT,
     list_tasks,

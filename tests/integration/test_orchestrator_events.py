@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from agent_infra.wire import orchestrator_pb2 as pb
 
-from client.wire import orchestrator_pb2 as pb
 from tests.orchestrator_support import (
     event_stream,
     new_id,

@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+from agent_infra.wire import orchestrator_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.wire import orchestrator_pb2 as pb
 from tests.daemon_support import eventually
 from tests.orchestrator_support import orchestrator_stack
 

@@ -7,8 +7,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from agent_infra.wire import orchestrator_pb2 as pb
 
-from client.wire import orchestrator_pb2 as pb
 from tests.orchestrator_support import (
     Workload,
     gated,

@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from agent_infra.wire import orchestrator_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.wire import orchestrator_pb2 as pb
 from tests.daemon_support import eventually, fetch_metrics, sample_value
 from tests.orchestrator_support import (
     Stack,

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from agent_infra.wire import orchestrator_pb2 as pb
 
-from client.wire import orchestrator_pb2 as pb
 from tests.orchestrator_support import (
     Stack,
     follow,

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import aiodocker
 import pytest
+from agent_infra.orchestrator.dispatch_env import AVAILABILITY_TTL
+from agent_infra.wire import orchestrator_pb2 as pb
 
-from client.wire import orchestrator_pb2 as pb
-from services.orchestrator.dispatch_env import AVAILABILITY_TTL
 from tests.daemon_support import (
     DaemonProcess,
     eventually,

@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from agent_infra.wire import orchestrator_pb2 as pb
 
-from client.wire import orchestrator_pb2 as pb
 from tests.daemon_support import eventually
 from tests.orchestrator_support import (
     Stack,

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
+from agent_infra.wire import orchestrator_pb2 as pb
 
-from client.wire import orchestrator_pb2 as pb
 from tests.daemon_support import eventually
 from tests.orchestrator_support import IO_MOUNT, gated, orchestrator_stack, wait_status
 

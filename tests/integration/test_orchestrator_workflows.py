@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from agent_infra.wire import orchestrator_pb2 as pb
 
-from client.wire import orchestrator_pb2 as pb
 from tests.orchestrator_support import (
     Stack,
     event_stream,

@@ -8,18 +8,17 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from prometheus_client import CollectorRegistry
-
-from services.orchestrator.executor import (
+from agent_infra.orchestrator.executor import (
     Execution,
     ExecutionOutcome,
     InProcessExecutor,
     TransientFailure,
 )
-from services.orchestrator.model import Task, TaskRequest, TaskState
-from services.orchestrator.service import Orchestrator
-from services.orchestrator.settings import OrchestratorSettings
-from services.runtime.errors import AlreadyExists, InvalidArgument
+from agent_infra.orchestrator.model import Task, TaskRequest, TaskState
+from agent_infra.orchestrator.service import Orchestrator
+from agent_infra.orchestrator.settings import OrchestratorSettings
+from agent_infra.runtime.errors import AlreadyExists, InvalidArgument
+from prometheus_client import CollectorRegistry
 
 
 class Behaviour:

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from agent_infra.orchestrator.dispatch_slurm import JobFiles, SlurmExecutor, job_name
+from agent_infra.orchestrator.executor import Execution, TransientFailure
+from agent_infra.orchestrator.model import Task, TaskRequest, TaskState
+from agent_infra.orchestrator.service import Orchestrator
+from agent_infra.orchestrator.settings import OrchestratorSettings, SlurmSettings
+from agent_infra.runtime.errors import FailedPrecondition, NotFound
 from prometheus_client import CollectorRegistry
 
-from services.orchestrator.dispatch_slurm import JobFiles, SlurmExecutor, job_name
-from services.orchestrator.executor import Execution, TransientFailure
-from services.orchestrator.model import Task, TaskRequest, TaskState
-from services.orchestrator.service import Orchestrator
-from services.orchestrator.settings import OrchestratorSettings, SlurmSettings
-from services.runtime.errors import FailedPrecondition, NotFound
 from tests.slurm_support import jobs_named, slurm, start_cluster, stop_controller
 
 POLL = 0.2

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-
-from services.orchestrator.model import Event
-from services.orchestrator.store import Store, Tx
+from agent_infra.orchestrator.model import Event
+from agent_infra.orchestrator.store import Store, Tx
 
 
 @pytest_asyncio.fixture
@@ -89,7 +88,7 @@ async def test_a_constraint_error_fails_that_write_only(store: Store) -> None:
 
 
 async def test_a_write_on_a_read_only_file_fails_with_unavailable(tmp_path: Path) -> None:
-    from services.runtime.errors import Unavailable
+    from agent_infra.runtime.errors import Unavailable
 
     store = await Store.open(tmp_path / "orchestrator.sqlite3")
     try:

@@ -20,8 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from services.runtime.settings import ServerSettings
+from agent_infra.runtime.settings import ServerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT_DIR = REPO / "deploy" / "systemd"

@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-
-from services.orchestrator import workflow_store as ws
-from services.orchestrator.model import Event
-from services.orchestrator.store import Store
-from services.orchestrator.workflow_logic import Actions, RunStatus, StepStatus
-from services.orchestrator.workflow_spec import WorkflowSpec, parse_spec
-from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from agent_infra.orchestrator import workflow_store as ws
+from agent_infra.orchestrator.model import Event
+from agent_infra.orchestrator.store import Store
+from agent_infra.orchestrator.workflow_logic import Actions, RunStatus, StepStatus
+from agent_infra.orchestrator.workflow_spec import WorkflowSpec, parse_spec
+from agent_infra.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 CLASSES = {"cpu_short", "gpu"}
 

@@ -8,9 +8,8 @@ import pickle
 
 import grpc
 import pytest
-
-from client import errors
-from client._payload import decode_payload, decode_value, encode_payload, encode_value
+from agent_infra.client import errors
+from agent_infra.client._payload import decode_payload, decode_value, encode_payload, encode_value
 
 # --- payload encoding -------------------------------------------------------------------------
 

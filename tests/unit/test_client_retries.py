@@ -11,10 +11,9 @@ from typing import Any
 
 import grpc
 import pytest
-
-from client import ConnectionConfig, EnvManagerClient, InfraUnavailable
-from client.wire import env_manager_pb2 as pb
-from client.wire import env_manager_pb2_grpc
+from agent_infra.client import ConnectionConfig, EnvManagerClient, InfraUnavailable
+from agent_infra.wire import env_manager_pb2 as pb
+from agent_infra.wire import env_manager_pb2_grpc
 
 
 class FlakyEnvManager(env_manager_pb2_grpc.EnvManagerServiceServicer):

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from client import ConnectionConfig, Deadlines, EnvManagerClient
-from client._transport import channel_options, service_config
-from client.env_manager import ENV_MANAGER
+from agent_infra.client import ConnectionConfig, Deadlines, EnvManagerClient
+from agent_infra.client._transport import channel_options, service_config
+from agent_infra.client.env_manager import ENV_MANAGER
 
 
 def test_address_argument_then_config_then_env_then_default(

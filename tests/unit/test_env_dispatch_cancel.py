@@ -7,11 +7,11 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+from agent_infra.orchestrator import dispatch_env
+from agent_infra.orchestrator.dispatch_env import EnvManagerExecutor
+from agent_infra.orchestrator.executor import Execution, TransientFailure
+from agent_infra.orchestrator.settings import EnvManagerEndpoint
 
-from services.orchestrator import dispatch_env
-from services.orchestrator.dispatch_env import EnvManagerExecutor
-from services.orchestrator.executor import Execution, TransientFailure
-from services.orchestrator.settings import EnvManagerEndpoint
 from tests.env_dispatch_fakes import DOWN, FAIL, HANG, OK, REFUSE, SLOW, FakeEnvManager
 
 

@@ -5,11 +5,11 @@ endpoint its latest attempt went to while that one answers, whatever capacity it
 from __future__ import annotations
 
 import pytest
+from agent_infra.orchestrator import dispatch_env
+from agent_infra.orchestrator.dispatch_env import EnvManagerExecutor
+from agent_infra.orchestrator.executor import Execution, TransientFailure
+from agent_infra.orchestrator.settings import EnvManagerEndpoint
 
-from services.orchestrator import dispatch_env
-from services.orchestrator.dispatch_env import EnvManagerExecutor
-from services.orchestrator.executor import Execution, TransientFailure
-from services.orchestrator.settings import EnvManagerEndpoint
 from tests.env_dispatch_fakes import DOWN, OK, SLOW, FakeEnvManager
 
 

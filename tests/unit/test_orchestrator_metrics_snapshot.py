@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from agent_infra.orchestrator.metrics import OrchestratorMetrics
+from agent_infra.orchestrator.model import TaskState
+from agent_infra.runtime.errors import InvalidArgument
 from prometheus_client import CollectorRegistry, generate_latest
-
-from services.orchestrator.metrics import OrchestratorMetrics
-from services.orchestrator.model import TaskState
-from services.runtime.errors import InvalidArgument
 
 
 def busy_metrics() -> tuple[CollectorRegistry, OrchestratorMetrics]:

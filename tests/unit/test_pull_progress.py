@@ -6,8 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pytest
-
-from services.env_manager.docker.images import PullFolder, PullProgress, split_tag
+from agent_infra.env_manager.docker.images import PullFolder, PullProgress, split_tag
 
 IMAGE = "127.0.0.1:5000/busybox:t1"
 

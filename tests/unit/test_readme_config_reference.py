@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from services.env_manager.settings import SPEC as ENV_MANAGER
-from services.orchestrator.settings import SPEC as ORCHESTRATOR
-from services.runtime import ConfigSpec
+from agent_infra.env_manager.settings import SPEC as ENV_MANAGER
+from agent_infra.orchestrator.settings import SPEC as ORCHESTRATOR
+from agent_infra.runtime import ConfigSpec
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

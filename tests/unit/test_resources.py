@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from services.env_manager.docker.engine import DockerEngine
-from services.env_manager.resources import (
+from agent_infra.env_manager.docker.engine import DockerEngine
+from agent_infra.env_manager.resources import (
     Gpu,
     HardwareProbe,
     availability,
@@ -22,11 +21,11 @@ from services.env_manager.resources import (
     parse_gpus,
     read_gpus,
 )
-from services.env_manager.settings import RetrySettings
-from services.env_manager.task_store import TaskStore
-from services.env_manager.tasks import TaskRunner
-from services.env_manager.workloads import TaskSettings, WorkloadClass
-from services.runtime.errors import InvalidArgument
+from agent_infra.env_manager.settings import RetrySettings
+from agent_infra.env_manager.task_store import TaskStore
+from agent_infra.env_manager.tasks import TaskRunner
+from agent_infra.env_manager.workloads import TaskSettings, WorkloadClass
+from agent_infra.runtime.errors import InvalidArgument
 
 MIB = 1024 * 1024
 TWO_GPUS = (

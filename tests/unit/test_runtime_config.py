@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from services.env_manager.settings import SPEC, EnvManagerSettings
-from services.runtime import ConfigError
-from services.runtime.config import build_arg_parser, load_config
+from agent_infra.env_manager.settings import SPEC, EnvManagerSettings
+from agent_infra.runtime import ConfigError
+from agent_infra.runtime.config import build_arg_parser, load_config
 
 
 def load(argv: list[str], environ: dict[str, str]) -> EnvManagerSettings:

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
+from agent_infra.runtime.daemon import HealthState
+from agent_infra.runtime.notify import SystemdNotifier
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-from services.runtime.daemon import HealthState
-from services.runtime.notify import SystemdNotifier
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -11,8 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from services.runtime import logs
+from agent_infra.runtime import logs
 
 
 class CountingStream(io.StringIO):

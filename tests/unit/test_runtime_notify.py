@@ -6,7 +6,7 @@ import os
 import socket
 import uuid
 
-from services.runtime.notify import SystemdNotifier
+from agent_infra.runtime.notify import SystemdNotifier
 
 
 def test_without_notify_socket_everything_is_a_no_op() -> None:

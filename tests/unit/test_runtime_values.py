@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from services.runtime.values import HostPort, parse_duration, parse_host_port
+from agent_infra.runtime.values import HostPort, parse_duration, parse_host_port
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from services.orchestrator.dispatch_slurm import (
+from agent_infra.orchestrator.dispatch_slurm import (
     JobFiles,
     JobSpec,
     SlurmExecutor,
@@ -26,16 +25,17 @@ from services.orchestrator.dispatch_slurm import (
     render_script,
     time_limit_minutes,
 )
-from services.orchestrator.executor import Execution, ExecutionOutcome, TransientFailure
-from services.orchestrator.executors import (
+from agent_infra.orchestrator.executor import Execution, ExecutionOutcome, TransientFailure
+from agent_infra.orchestrator.executors import (
     NO_SLURM,
     RoutingExecutor,
     build_executor,
     reload_slurm,
     slurm_executor,
 )
-from services.orchestrator.settings import OrchestratorSettings, SlurmSettings
-from services.runtime.errors import FailedPrecondition, InvalidArgument
+from agent_infra.orchestrator.settings import OrchestratorSettings, SlurmSettings
+from agent_infra.runtime.errors import FailedPrecondition, InvalidArgument
+
 from tests.daemon_support import eventually
 
 # -- payloads ------------------------------------------------------------------------------

@@ -6,19 +6,18 @@ import re
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
-
-from services.env_manager import labels
-from services.env_manager.task_container import container_config, container_name
-from services.env_manager.task_output import StreamCapture
-from services.env_manager.task_payload import PAYLOAD_KEYS, TaskSpec, parse_request
-from services.env_manager.workloads import (
+from agent_infra.env_manager import labels
+from agent_infra.env_manager.task_container import container_config, container_name
+from agent_infra.env_manager.task_output import StreamCapture
+from agent_infra.env_manager.task_payload import PAYLOAD_KEYS, TaskSpec, parse_request
+from agent_infra.env_manager.workloads import (
     DEFAULT_IMAGE,
     WorkloadClass,
     default_workload_classes,
     resolve_workload_classes,
 )
-from services.runtime.errors import FailedPrecondition, InvalidArgument
+from agent_infra.runtime.errors import FailedPrecondition, InvalidArgument
+from pydantic import ValidationError
 
 IMAGE = "local/busybox:latest"
 CLASSES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from services.orchestrator.model import TaskRequest
+from agent_infra.orchestrator.model import TaskRequest
 
 
 def legacy_hash(request: TaskRequest) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.orchestrator.model import Task, TaskState
+from agent_infra.orchestrator.model import Task, TaskState
 
 
 def test_snapshot_copies_every_field_and_is_a_separate_object() -> None:

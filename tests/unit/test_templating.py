@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from services.orchestrator.templating import (
+from agent_infra.orchestrator.templating import (
     RenderContext,
     StepView,
     TemplateError,
@@ -14,7 +13,7 @@ from services.orchestrator.templating import (
     render,
     render_payload,
 )
-from services.runtime.errors import InvalidArgument
+from agent_infra.runtime.errors import InvalidArgument
 
 CONTEXT = RenderContext(
     run_id="run-abc",

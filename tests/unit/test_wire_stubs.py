@@ -1,4 +1,4 @@
-"""The committed stubs in client/wire match proto/, and proto/ matches the wire API facts.
+"""The committed stubs in services/wire match proto/, and proto/ matches the wire API facts.
 
 The wire API (shared/WIRE-API.md) is what clients of the original stack speak: every package,
 service, RPC, message, field name, field number and type must stay as it was. The tables below are
@@ -16,20 +16,19 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from google.protobuf import descriptor_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
-
-from client.wire import (
+from agent_infra.wire import (
     env_manager_pb2,
     env_manager_pb2_grpc,
     orchestrator_pb2,
     orchestrator_pb2_grpc,
 )
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 
 ROOT = Path(__file__).resolve().parents[2]
-WIRE_DIR = ROOT / "client" / "wire"
+WIRE_DIR = ROOT / "services" / "wire"
 GEN_SCRIPT = ROOT / "scripts" / "gen_proto.py"
-STALE = "client/wire is stale: run python scripts/gen_proto.py"
+STALE = "services/wire is stale: run python scripts/gen_proto.py"
 
 # Field tables: message -> field name -> (field number, type). Types are written as in the wire API:
 # a scalar ("string", "int64", ...), a message name of the same package, "repeated T", or

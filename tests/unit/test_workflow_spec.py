@@ -6,15 +6,14 @@ import json
 from typing import Any
 
 import pytest
-
-from services.orchestrator.workflow_spec import (
+from agent_infra.orchestrator.workflow_spec import (
     MAX_SPEC_BYTES,
     StepSpec,
     WorkflowSpec,
     parse_spec,
     validate_workflow_id,
 )
-from services.runtime.errors import InvalidArgument, ResourceExhausted
+from agent_infra.runtime.errors import InvalidArgument, ResourceExhausted
 
 CLASSES = frozenset({"cpu_short", "cpu_long", "gpu"})
 

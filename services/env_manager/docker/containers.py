@@ -17,8 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import aiodocker
-
-from services.runtime.errors import DeadlineExceeded, FailedPrecondition, NotFound
+from agent_infra.runtime.errors import DeadlineExceeded, FailedPrecondition, NotFound
 
 from .. import labels
 from ..registry import ServiceSpec

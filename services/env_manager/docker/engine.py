@@ -15,9 +15,8 @@ from typing import TypeVar
 
 import aiodocker
 import aiohttp
-
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services.runtime.logs import get_logger
+from agent_infra.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from agent_infra.runtime.logs import get_logger
 
 from ..settings import RetrySettings
 

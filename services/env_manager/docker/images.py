@@ -12,8 +12,7 @@ from typing import Any, Literal
 
 import aiodocker
 import aiohttp
-
-from services.runtime.errors import NotFound
+from agent_infra.runtime.errors import NotFound
 
 from .engine import CONNECTION_FAILED, DockerEngine
 
