@@ -16,9 +16,9 @@ from .docker.engine import DockerEngine
 from .resources import Availability, HardwareProbe, availability, cpu_cores
 from .settings import EnvManagerSettings
 from .stack import StackManager
-from .task_store import TaskStore
-from .tasks import TaskRunner
-from .workloads import resolve_workload_classes
+from .tasks.runner import TaskRunner
+from .tasks.store import TaskStore
+from .tasks.workloads import resolve_workload_classes
 
 log = get_logger("env_manager")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from agent_infra.runtime.logs import get_logger
 
-from .tasks import TaskRunner
+from .tasks.runner import TaskRunner
 
 log = get_logger("resources")
 

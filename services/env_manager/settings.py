@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Self
 
 from agent_infra.env_manager.registry import NAME_PATTERN, Registry, ServiceSpec
-from agent_infra.env_manager.workloads import TaskSettings, WorkloadClass
+from agent_infra.env_manager.tasks.workloads import TaskSettings, WorkloadClass
 from agent_infra.runtime import (
     ConfigSpec,
     DaemonSettings,

@@ -26,10 +26,10 @@ from agent_infra.env_manager import labels
 from agent_infra.env_manager.docker.engine import DockerEngine
 from agent_infra.env_manager.resources import HardwareProbe, availability
 from agent_infra.env_manager.settings import RetrySettings
-from agent_infra.env_manager.task_container import container_name
-from agent_infra.env_manager.task_store import TaskStore
-from agent_infra.env_manager.tasks import TaskOutcome, TaskRunner
-from agent_infra.env_manager.workloads import TaskSettings, WorkloadClass
+from agent_infra.env_manager.tasks.container import container_name
+from agent_infra.env_manager.tasks.runner import TaskOutcome, TaskRunner
+from agent_infra.env_manager.tasks.store import TaskStore
+from agent_infra.env_manager.tasks.workloads import TaskSettings, WorkloadClass
 from agent_infra.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -392,9 +392,9 @@ import asyncio, sys
 from pathlib import Path
 from agent_infra.env_manager.docker.engine import DockerEngine
 from agent_infra.env_manager.settings import RetrySettings
-from agent_infra.env_manager.task_store import TaskStore
-from agent_infra.env_manager.tasks import TaskRunner
-from agent_infra.env_manager.workloads import TaskSettings, WorkloadClass
+from agent_infra.env_manager.tasks.store import TaskStore
+from agent_infra.env_manager.tasks.runner import TaskRunner
+from agent_infra.env_manager.tasks.workloads import TaskSettings, WorkloadClass
 
 async def main() -> None:
     stack, store_path, folder, task_id = sys.argv[1:5]

@@ -22,9 +22,9 @@ from agent_infra.env_manager.resources import (
     read_gpus,
 )
 from agent_infra.env_manager.settings import RetrySettings
-from agent_infra.env_manager.task_store import TaskStore
-from agent_infra.env_manager.tasks import TaskRunner
-from agent_infra.env_manager.workloads import TaskSettings, WorkloadClass
+from agent_infra.env_manager.tasks.runner import TaskRunner
+from agent_infra.env_manager.tasks.store import TaskStore
+from agent_infra.env_manager.tasks.workloads import TaskSettings, WorkloadClass
 from agent_infra.runtime.errors import InvalidArgument
 
 MIB = 1024 * 1024

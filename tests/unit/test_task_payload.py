@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from agent_infra.env_manager import labels
-from agent_infra.env_manager.task_container import container_config, container_name
-from agent_infra.env_manager.task_output import StreamCapture
-from agent_infra.env_manager.task_payload import PAYLOAD_KEYS, TaskSpec, parse_request
-from agent_infra.env_manager.workloads import (
+from agent_infra.env_manager.tasks.container import container_config, container_name
+from agent_infra.env_manager.tasks.output import StreamCapture
+from agent_infra.env_manager.tasks.payload import PAYLOAD_KEYS, TaskSpec, parse_request
+from agent_infra.env_manager.tasks.workloads import (
     DEFAULT_IMAGE,
     WorkloadClass,
     default_workload_classes,

@@ -6,7 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from agent_infra.env_manager.task_store import StoredResult, TaskStore
+from agent_infra.env_manager.tasks.store import StoredResult, TaskStore
 
 
 def result(finished_at: float, stdout: str = "hi\n") -> StoredResult:

@@ -9,7 +9,7 @@ Cancelling a caller never cancels the execution: an orchestrator whose call was 
 must find the same run (or its stored result), not a killed one. The execution stores its result
 and removes its container on its own. Only `aclose()` (daemon shutdown) stops waiting; it leaves
 running containers to the next process, whose `recover()` adopts them. Payload keys and timeout
-rules are in services/env_manager/task_payload.py.
+rules are in tasks/payload.py.
 
 Result map (all strings): exit_code; stdout, stderr (each the first tasks.output_limit_bytes bytes)
 with stdout_truncated/stderr_truncated ("true"/"false") and stdout_bytes/stderr_bytes (the full
@@ -31,9 +31,9 @@ from typing import Any
 from agent_infra.runtime.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from agent_infra.runtime.logs import get_logger
 
-from . import labels
-from .docker.engine import DockerEngine
-from .task_container import (
+from .. import labels
+from ..docker.engine import DockerEngine
+from .container import (
     NameTaken,
     RunRecord,
     container_config,
@@ -44,8 +44,8 @@ from .task_container import (
     remove,
     run_attached,
 )
-from .task_payload import TaskSpec, check_class, check_task_id, parse_request
-from .task_store import StoredResult, TaskStore
+from .payload import TaskSpec, check_class, check_task_id, parse_request
+from .store import StoredResult, TaskStore
 from .workloads import TaskSettings, WorkloadClass
 
 log = get_logger("tasks")

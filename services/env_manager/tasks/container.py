@@ -26,10 +26,10 @@ from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 from yarl import URL
 
-from . import labels
-from .docker.engine import DockerEngine
-from .task_output import StreamCapture
-from .task_payload import TaskSpec
+from .. import labels
+from ..docker.engine import DockerEngine
+from .output import StreamCapture
+from .payload import TaskSpec
 from .workloads import MIB, WorkloadClass
 
 log = get_logger("tasks")
