@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 import sys
 import textwrap
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from agent_infra.runtime.parsing import parse_duration
 
 from ._transport import ConnectionConfig
 from .cli_output import Output
@@ -219,19 +220,6 @@ def read_text(path: str, what: str) -> str:
         raise UsageError(f"{what} {path}: {exc.strerror or exc}") from None
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float | None:
-    """``90s``, ``10m``, ``1h30m``, ``2d`` as seconds; None when `text` is not one."""
-    compact = text.strip().lower().replace(" ", "")
-    if not re.fullmatch(rf"(?:{_DURATION_PART.pattern})+", compact):
-        return None
-    return sum(float(number) * _UNIT_SECONDS[unit]
-               for number, unit in _DURATION_PART.findall(compact))
-
-
 def parse_since(text: str, *, now: float | None = None) -> float:
     """A point in time as unix seconds, from unix seconds (``1732700000``), an ISO datetime
     (``2024-11-27T10:00:00``, local time unless it names a zone) or a duration meaning that
@@ -247,9 +235,10 @@ def parse_since(text: str, *, now: float | None = None) -> float:
         if value < 0:
             raise UsageError(f"--since {text!r}: must not be negative")
         return value
-    duration = parse_duration(stripped)
-    if duration is not None:
-        return max(now - duration, 0.0)
+    try:
+        return max(now - parse_duration(stripped), 0.0)
+    except ValueError:
+        pass
     try:
         moment = dt.datetime.fromisoformat(stripped.replace("Z", "+00:00"))
     except ValueError:

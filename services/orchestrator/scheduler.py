@@ -25,6 +25,7 @@ from agent_infra.runtime.errors import (
     ResourceExhausted,
 )
 from agent_infra.runtime.logs import get_logger
+from agent_infra.runtime.parsing import truthy
 
 from . import tasks_repo
 from .executor import CONTROL_KEYS, Execution, Executor, TransientFailure
@@ -326,4 +327,4 @@ def _dispatch_payload(payload: Mapping[str, str]) -> dict[str, str]:
 
 
 def _asks_retry(task: Task) -> bool:
-    return task.payload.get("retry_on_failure", "").strip().lower() in {"1", "true", "yes"}
+    return truthy(task.payload.get("retry_on_failure", ""))

@@ -186,9 +186,5 @@ def _source_of(key: str, sources: Mapping[str, str]) -> str:
     return "default"
 
 
-def truthy(text: str) -> bool:
-    return text.strip().lower() in {"1", "true", "yes", "on"}
-
-
 def environ_snapshot() -> dict[str, str]:
     return dict(os.environ)

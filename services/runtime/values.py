@@ -1,37 +1,17 @@
 """Value types shared by both daemons' settings: durations and listen addresses.
 
-Durations are written in config as seconds (a number) or as strings such as "500ms", "2m";
+Durations are written in config as seconds (a number) or as strings such as "500ms", "2m", "1d"
+(parsed by .parsing, which the CLI shares);
 addresses as "host:port" (IPv6 hosts in brackets). Both validate into plain Python values.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, NamedTuple
 
 from pydantic import BeforeValidator, PlainSerializer
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number or a string like "500ms", "1.5s", "2m", "1h"."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30, \"500ms\", \"2m\"")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(f"expected a duration such as 30, \"500ms\", \"2m\"; got {value!r}")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError("expected a duration such as 30, \"500ms\", \"2m\"")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
+from .parsing import parse_duration
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
