@@ -5,10 +5,11 @@
 
 One orchestrator daemon subprocess (own --data-dir; class cpu_short with concurrency
 max(8, --concurrency)) dispatches to one env-manager endpoint:
-  instant (default)  a stub env-manager in a subprocess of its own, whose ExecuteTask answers
-                     success (exit code 0) at once: no container, so a round trip is the
-                     orchestrator's own work (two durable writes, dispatch, the result stream)
-                     and the client's cost is not hidden behind container start-up.
+  instant (default)  a stub env-manager in a subprocess of its own (bench/_baseline_server.py
+                     env-manager), whose ExecuteTask answers success (exit code 0) at once:
+                     no container, so a round trip is the orchestrator's own work (two durable
+                     writes, dispatch, the result stream) and the client's cost is not hidden
+                     behind container start-up.
   docker             a real env-manager daemon (own stack name) running each task as a
                      `local/busybox:latest` container (network none) doing `true`.
 The sides, run against the same daemons in the same rounds:
@@ -34,42 +35,42 @@ Target: client/raw ratio at most 1.10 in every phase. Exit 0 whatever the figure
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import grpc
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent_infra.client import AgentInfra  # noqa: E402
-from agent_infra.wire import env_manager_pb2 as em_pb  # noqa: E402
 from agent_infra.wire import orchestrator_pb2 as pb  # noqa: E402
 from agent_infra.wire import orchestrator_pb2_grpc  # noqa: E402
 
 from bench._support import (  # noqa: E402  (needs the repo root on sys.path)
-    IMAGE,
     STACK_LABEL,
+    Batch,
     BenchError,
+    arguments,
+    baseline,
+    clean_up,
     env_manager,
+    env_manager_config,
     median,
-    remove_labelled,
+    orchestrator_config,
     require_gone,
     require_image,
+    run_and_report,
+    run_batch,
     run_id,
     verdict,
 )
-from tests.daemon_support import free_port, running_daemon  # noqa: E402
+from tests.daemon_support import running_daemon  # noqa: E402
 
 if TYPE_CHECKING:
     from agent_infra.wire.orchestrator_pb2_grpc import OrchestratorServiceAsyncStub
@@ -90,129 +91,8 @@ RAW = "raw stub"
 RAW_STATUS = "raw+status"
 SIDES = (CLIENT, RAW, RAW_STATUS)
 
-ORCHESTRATOR_CONFIG = """\
-[store]
-data_dir = "{data_dir}"
 
-[[env_managers]]
-address = "{env_manager}"
-
-[classes.cpu_short]
-concurrency = {concurrency}
-max_backlog = 1000000
-"""
-
-ENV_MANAGER_CONFIG = """\
-[stack]
-name = "{stack}"
-
-[workload_classes.cpu_short]
-image = "{image}"
-concurrency = {concurrency}
-network_mode = "none"
-default_timeout = "60s"
-max_timeout = "10m"
-"""
-
-
-# --- the stub env-manager (backend instant) -------------------------------------------------------
-
-
-async def serve_stub_env_manager(address: str) -> None:
-    """env_manager.v1 ExecuteTask and GetResourceAvailability, answered at once; prints "ready".
-
-    Runs in a process of its own (this file with --serve-stub-env-manager), so its CPU time is
-    not taken from the event loop being measured. Stops on SIGTERM.
-    """
-    async def execute(request: em_pb.ExecuteTaskRequest, context: Any) -> em_pb.ExecuteTaskResponse:
-        return em_pb.ExecuteTaskResponse(success=True, result={
-            "exit_code": "0", "stdout": "", "stderr": "", "timed_out": "false"}, latency_ms=0.0)
-
-    async def availability(request: em_pb.GetResourceAvailabilityRequest,
-                           context: Any) -> em_pb.ResourceAvailabilityResponse:
-        return em_pb.ResourceAvailabilityResponse(available=True, capacity=1000, in_use=0)
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "env_manager.v1.EnvManagerService", {
-            "ExecuteTask": grpc.unary_unary_rpc_method_handler(
-                execute, request_deserializer=em_pb.ExecuteTaskRequest.FromString,
-                response_serializer=em_pb.ExecuteTaskResponse.SerializeToString),
-            "GetResourceAvailability": grpc.unary_unary_rpc_method_handler(
-                availability, request_deserializer=em_pb.GetResourceAvailabilityRequest.FromString,
-                response_serializer=em_pb.ResourceAvailabilityResponse.SerializeToString),
-        })])
-    server.add_insecure_port(address)
-    await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
-    await server.stop(0)
-
-
-@asynccontextmanager
-async def stub_env_manager() -> AsyncIterator[str]:
-    """The stub env-manager as a subprocess; its address once it serves."""
-    address = f"127.0.0.1:{free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve-stub-env-manager", address,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE)
-    try:
-        assert process.stdout is not None
-        try:
-            async with asyncio.timeout(30):
-                line = await process.stdout.readline()
-        except TimeoutError:
-            line = b""
-        if line.strip() != b"ready":
-            raise BenchError(f"the stub env-manager did not start on {address}")
-        yield address
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                async with asyncio.timeout(10):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-# --- the two sides --------------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    seconds: float
-    latencies: list[float]
-    #: CPU time of this process (the caller: its Python code and gRPC's threads) for the batch.
-    cpu_seconds: float
-
-
-async def run_batch(count: int, concurrency: int,
-                    one: Callable[[int], Awaitable[None]]) -> Batch:
-    """`count` calls of `one(i)` from `concurrency` workers; wall time and per-call latency."""
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for index in range(count):
-        queue.put_nowait(index)
-    latencies: list[float] = []
-
-    async def worker() -> None:
-        while not queue.empty():
-            index = queue.get_nowait()
-            began = time.perf_counter()
-            await one(index)
-            latencies.append(time.perf_counter() - began)
-
-    began, cpu_began = time.perf_counter(), time.process_time()
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
-                group.create_task(worker())
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None  # the first failure; the other workers are cancelled
-    return Batch(time.perf_counter() - began, latencies, time.process_time() - cpu_began)
+# --- the sides ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -276,21 +156,18 @@ async def backend(kind: str, workdir: Path, label: str,
                   concurrency: int) -> AsyncIterator[str]:
     """The env-manager endpoint the orchestrator dispatches to."""
     if kind == "instant":
-        async with stub_env_manager() as address:
-            yield address
+        async with baseline(workdir, "env-manager", name="stub env-manager") as stub:
+            yield stub.addr
         return
     await require_image()
     config = workdir / "env-manager.toml"
-    config.write_text(ENV_MANAGER_CONFIG.format(stack=label, image=IMAGE,
-                                                concurrency=concurrency))
+    config.write_text(env_manager_config(label, concurrency))
     try:
         async with env_manager(workdir, config) as em:
             yield em.daemon.grpc_addr
         await require_gone(STACK_LABEL, label, "after the rounds")
     finally:
-        left = await remove_labelled(STACK_LABEL, label)
-        if left:
-            print(f"client_overhead: removed {left} container(s) left behind", file=sys.stderr)
+        await clean_up("client_overhead", (STACK_LABEL, label))
 
 
 async def run(args: argparse.Namespace) -> list[Phase]:
@@ -305,9 +182,8 @@ async def run(args: argparse.Namespace) -> list[Phase]:
     try:
         async with backend(args.backend, workdir, label, concurrency) as em_address:
             config = workdir / "orchestrator.toml"
-            config.write_text(ORCHESTRATOR_CONFIG.format(
-                data_dir=workdir / "orchestrator-data", env_manager=em_address,
-                concurrency=concurrency))
+            config.write_text(orchestrator_config(workdir / "orchestrator-data", em_address,
+                                                  {TASK_CLASS: concurrency}, 1_000_000))
             async with running_daemon("orchestrator", workdir,
                                       args=["--config", str(config)]) as orchestrator:
                 infra = await AgentInfra(orchestrator_address=orchestrator.grpc_addr).connect()
@@ -374,7 +250,7 @@ def report(phases: list[Phase], args: argparse.Namespace) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = arguments(__doc__)
     parser.add_argument("--tasks", type=int, default=200, help="calls per side and round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per phase (at least 3)")
     parser.add_argument("--concurrency", type=int, default=8,
@@ -383,21 +259,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="instant: a stub env-manager answering at once (default); "
                              "docker: a real env-manager running busybox `true` containers")
     parser.add_argument("--keep", action="store_true", help="keep the configs and daemon logs")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
-    parser.add_argument("--serve-stub-env-manager", metavar="ADDR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_stub_env_manager:
-        asyncio.run(serve_stub_env_manager(args.serve_stub_env_manager))
-        return 0
     if args.rounds < 3 or args.tasks < 1 or args.concurrency < 0:
         parser.error("--rounds must be at least 3, --tasks at least 1, --concurrency at least 0")
-    try:
-        phases = asyncio.run(run(args))
-    except (BenchError, AssertionError) as exc:
-        print(f"client_overhead: {exc}", file=sys.stderr)
-        return 2
-    all_pass = report(phases, args)
-    return 1 if args.strict and not all_pass else 0
+    return run_and_report("client_overhead", run(args), lambda phases: report(phases, args),
+                          strict=args.strict)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,14 @@ from agent_infra.orchestrator.settings import OrchestratorSettings  # noqa: E402
 from agent_infra.wire import orchestrator_pb2 as pb  # noqa: E402  (needs the repo root on sys.path)
 from agent_infra.wire import orchestrator_pb2_grpc  # noqa: E402
 
+from bench._support import (  # noqa: E402
+    BenchError,
+    arguments,
+    load_average,
+    orchestrator_config,
+    run_and_report,
+    status_mb,
+)
 from tests.daemon_support import free_port, running_daemon  # noqa: E402
 
 if TYPE_CHECKING:
@@ -81,32 +89,8 @@ RSS_TARGET_MB = 150.0
 DRAIN_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 60.0
 
-DAEMON_CONFIG = """\
-[store]
-data_dir = "{data_dir}"
-
-[[env_managers]]
-address = "127.0.0.1:{dead_port}"
-
-[classes.cpu_short]
-concurrency = 0
-max_backlog = 10000000
-"""
-
-
-class BenchError(Exception):
-    """Something did not work the way it must; the figures would mean nothing."""
-
 
 # -- memory -----------------------------------------------------------------------------------
-
-
-def status_mb(key: str, pid: int | str = "self") -> float:
-    """VmRSS, VmHWM, ... of a process from /proc/<pid>/status, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no {key} for pid {pid}")
 
 
 def reset_peak() -> bool:
@@ -260,7 +244,9 @@ class DaemonMemory:
 async def daemon_memory(workdir: Path, tasks: int, submitters: int, label: str) -> DaemonMemory:
     data_dir = workdir / "daemon-data"
     config = workdir / "orchestrator.toml"
-    config.write_text(DAEMON_CONFIG.format(data_dir=data_dir, dead_port=free_port()))
+    # Nothing listens at the env-manager's address and nothing is dispatched: tasks stay queued.
+    config.write_text(orchestrator_config(data_dir, f"127.0.0.1:{free_port()}", {TASK_CLASS: 0},
+                                          10_000_000))
     try:
         async with running_daemon("orchestrator", workdir,
                                   args=["--config", str(config)]) as daemon:
@@ -289,8 +275,6 @@ async def daemon_memory(workdir: Path, tasks: int, submitters: int, label: str) 
             queued_hwm = status_mb("VmHWM", pid)
             if daemon.process.returncode is not None:
                 raise BenchError(f"the daemon exited {daemon.process.returncode}")
-    except AssertionError as exc:  # tests.daemon_support's way of saying it did not start/stop
-        raise BenchError(str(exc)) from None
     except grpc.aio.AioRpcError as exc:
         raise BenchError(f"SubmitTask: {exc.code().name} {exc.details()}") from None
     stored = await asyncio.to_thread(stored_counts, data_dir / "orchestrator.sqlite3")
@@ -335,10 +319,6 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, list[Sample]], float,
                   f"{memory.submit_s:.2f} s; queued RSS {memory.queued_rss_mb:.1f} MB, "
                   f"peak {memory.queued_hwm_mb:.1f} MB", file=sys.stderr, flush=True)
     return samples, base_rss, memory, peak_resettable
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def report(samples: dict[str, list[Sample]], base_rss: float, memory: DaemonMemory | None,
@@ -389,26 +369,20 @@ def report(samples: dict[str, list[Sample]], base_rss: float, memory: DaemonMemo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = arguments(__doc__)
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per round")
     parser.add_argument("--concurrency", type=int, default=64, help="the class's concurrency")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side")
     parser.add_argument("--submitters", type=int, default=50, help="concurrent submitters")
     parser.add_argument("--skip-daemon", action="store_true",
                         help="skip the daemon subprocess's RSS with the tasks queued")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.rounds < 1 or args.submitters < 1:
         parser.error("--tasks, --rounds and --submitters must be at least 1")
     if not 1 <= args.concurrency <= 10_000:
         parser.error("--concurrency must be between 1 and 10000")
-    try:
-        samples, base_rss, memory, resettable = asyncio.run(run(args))
-    except BenchError as exc:
-        print(f"dispatch: {exc}", file=sys.stderr)
-        return 2
-    all_pass = report(samples, base_rss, memory, resettable, args)
-    return 1 if args.strict and not all_pass else 0
+    return run_and_report("dispatch", run(args), lambda figures: report(*figures, args),
+                          strict=args.strict)
 
 
 if __name__ == "__main__":

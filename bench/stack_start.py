@@ -52,11 +52,14 @@ from bench._support import (  # noqa: E402  (needs the repo root on sys.path)
     IMAGE,
     STACK_LABEL,
     BenchError,
+    arguments,
+    clean_up,
     env_manager,
     median,
     remove_labelled,
     require_gone,
     require_image,
+    run_and_report,
     run_command,
     run_id,
     verdict,
@@ -569,16 +572,14 @@ async def run(args: argparse.Namespace) -> tuple[Bench, tuple[float, float] | No
                 print(f"round {number}/{args.rounds} {side:<12} start {result.start_s:6.2f} s"
                       f"  stop {result.stop_s:6.2f} s", file=sys.stderr, flush=True)
     finally:
-        left = await remove_labelled(BENCH_LABEL, label)
-        if left:
-            print(f"stack_start: removed {left} container(s) left behind", file=sys.stderr)
+        await clean_up("stack_start", (BENCH_LABEL, label))
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return bench, baseline, version
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side (at least 3)")
     parser.add_argument("--services", type=int, default=28, help="services in the stack")
     parser.add_argument("--levels", type=int, default=LEVELS, help="dependency levels")
@@ -592,7 +593,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the parallel `docker run -d` baseline")
     parser.add_argument("--keep", action="store_true",
                         help="keep the generated files and the daemon logs")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -600,13 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need at least one service per level")
     if args.health_interval < 0.001:
         parser.error("--health-interval must be at least 0.001 s")
-    try:
-        bench, baseline, version = asyncio.run(run(args))
-    except (BenchError, AssertionError) as exc:
-        print(f"stack_start: {exc}", file=sys.stderr)
-        return 2
-    all_pass = report(bench, baseline, version, args.rounds)
-    return 1 if args.strict and not all_pass else 0
+    return run_and_report("stack_start", run(args),
+                          lambda figures: report(*figures, args.rounds), strict=args.strict)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ OURS is an orchestrator daemon subprocess on free loopback ports with its store 
 (SQLite WAL, synchronous=FULL, group commit: how it always runs) and a configuration under which
 nothing is dispatched: every class has concurrency 0 and a backlog of 10,000,000, and
 env_managers points at a free port nobody listens on. Everything else is the default (log level
-info, the RPC middleware, metrics). ECHO, the floor, is a grpc.aio server subprocess written by
-this bench that serves the same orchestrator.v1 SubmitTask method and answers success at once,
-storing nothing: the same wire, protobuf and client, minus everything the orchestrator does.
+info, the RPC middleware, metrics). ECHO, the floor, is a bare grpc.aio server subprocess
+(bench/_baseline_server.py submit-echo) that serves the same orchestrator.v1 SubmitTask method and
+answers success at once, storing nothing: the same wire, protobuf and client, minus everything
+the orchestrator does.
 
 The load is --callers concurrent callers, each sending SubmitTask back to back (unique ids, a
 small payload, class cpu_short) through the generated async stub, spread over --channels
@@ -37,7 +38,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sqlite3
 import statistics
 import sys
@@ -58,12 +58,17 @@ sys.path.insert(0, str(REPO))
 from agent_infra.wire import orchestrator_pb2 as pb  # noqa: E402  (needs the repo root on sys.path)
 from agent_infra.wire import orchestrator_pb2_grpc  # noqa: E402
 
-from tests.daemon_support import (  # noqa: E402
-    DaemonProcess,
-    NotifyListener,
-    free_port,
-    start_daemon,
+from bench._support import (  # noqa: E402
+    START_TIMEOUT_S,
+    BenchError,
+    ServerProcess,
+    arguments,
+    load_average,
+    orchestrator_config,
+    run_and_report,
+    start_baseline,
 )
+from tests.daemon_support import free_port, start_daemon  # noqa: E402
 
 if TYPE_CHECKING:
     from agent_infra.wire.orchestrator_pb2_grpc import OrchestratorServiceAsyncStub
@@ -74,8 +79,6 @@ SIDES = (OURS, ECHO)
 RATIO_TARGET = 0.5
 P99_TARGET_MS = 50.0
 CALL_TIMEOUT_S = 30.0
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 60.0
 # Time a load-generator process gets to import grpc and connect before the warm-up begins.
 SPAWN_LEAD_S = 2.5
 TASK_CLASS = "cpu_short"
@@ -85,69 +88,8 @@ CLASS_FIELD: dict[str, Any] = {"class": TASK_CLASS}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Every class the daemon knows by default, made unable to dispatch and never full.
-CONFIG_TEMPLATE = """\
-[store]
-data_dir = "{data_dir}"
-
-[[env_managers]]
-address = "127.0.0.1:{dead_port}"
-
-[classes.cpu_short]
-concurrency = 0
-max_backlog = 10000000
-
-[classes.cpu_long]
-concurrency = 0
-max_backlog = 10000000
-
-[classes.gpu]
-concurrency = 0
-max_backlog = 10000000
-
-[classes.gpu_slurm]
-concurrency = 0
-max_backlog = 10000000
-"""
-
-# The floor: the same RPC on a bare grpc.aio server, answered at once, nothing stored.
-ECHO_SCRIPT = '''\
-import asyncio, os, signal, socket, sys
-
-sys.path.insert(0, sys.argv[2])
-
-import grpc
-
-from agent_infra.wire import orchestrator_pb2 as pb
-from agent_infra.wire import orchestrator_pb2_grpc
-
-
-class Echo(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    async def SubmitTask(self, request, context):
-        return pb.SubmitTaskResponse(success=True, task_id=request.id)
-
-
-async def main() -> None:
-    server = grpc.aio.server()
-    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(Echo(), server)
-    if server.add_insecure_port(sys.argv[1]) == 0:
-        raise SystemExit(f"cannot bind {sys.argv[1]}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
-    await stop.wait()
-    await server.stop(None)
-
-
-asyncio.run(main())
-'''
-
-
-class BenchError(Exception):
-    """Something did not work the way it must; the figures would mean nothing."""
+CLASSES = dict.fromkeys(("cpu_short", "cpu_long", "gpu", "gpu_slurm"), 0)
+MAX_BACKLOG = 10_000_000
 
 
 # -- the load generator (in this process, or in a child started with --worker) -----------------
@@ -241,26 +183,11 @@ def worker_main(args: argparse.Namespace) -> int:
 # -- the two servers ------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    name: str
-    addr: str
-    process: asyncio.subprocess.Process
-    log_path: Path
-    daemon: DaemonProcess | None = None  # OURS only
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        """User + system CPU so far: of the whole process (all threads), and of its main thread
-        (the asyncio loop, where a Python gRPC server does nearly all its work)."""
-        pid = self.process.pid
-        return _cpu(f"/proc/{pid}/stat"), _cpu(f"/proc/{pid}/task/{pid}/stat")
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def require_alive(self) -> None:
-        if self.process.returncode is not None:
-            raise BenchError(f"{self.name} exited {self.process.returncode}:\n{self.log_text()}")
+def cpu_seconds(server: ServerProcess) -> tuple[float, float]:
+    """User + system CPU so far: of the whole process (all threads), and of its main thread
+    (the asyncio loop, where a Python gRPC server does nearly all its work)."""
+    pid = server.process.pid
+    return _cpu(f"/proc/{pid}/stat"), _cpu(f"/proc/{pid}/task/{pid}/stat")
 
 
 def _cpu(stat_path: str) -> float:
@@ -268,62 +195,14 @@ def _cpu(stat_path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
-async def start_echo(script: Path, workdir: Path) -> Server:
-    """The echo script on a free port; returns once it has sent READY=1."""
-    notify = NotifyListener()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_"))}
-    env.update({"NOTIFY_SOCKET": notify.path, "PYTHONUNBUFFERED": "1"})
-    addr = f"127.0.0.1:{free_port()}"
-    log_path = workdir / "echo.log"
-    try:
-        with log_path.open("wb") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, str(script), addr, str(REPO), cwd=REPO, env=env,
-                stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL)
-        server = Server(ECHO, addr, process, log_path)
-        ready = asyncio.ensure_future(notify.wait_for("READY", timeout=START_TIMEOUT_S))
-        exited = asyncio.ensure_future(process.wait())
-        done, _ = await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
-        exited.cancel()
-        if ready not in done or ready.exception() is not None:
-            ready.cancel()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            raise BenchError(f"{ECHO} did not send READY=1:\n{server.log_text()}")
-        return server
-    finally:
-        notify.close()
-
-
-async def start_ours(workdir: Path) -> Server:
-    data_dir = workdir / "orchestrator-data"
+async def start_ours(workdir: Path) -> ServerProcess:
     config = workdir / "orchestrator.toml"
-    config.write_text(CONFIG_TEMPLATE.format(data_dir=data_dir, dead_port=free_port()))
-    try:
-        daemon = await start_daemon(OURS, workdir, args=["--config", str(config)],
-                                    timeout=START_TIMEOUT_S)
-    except AssertionError as exc:
-        raise BenchError(str(exc)) from None
+    config.write_text(orchestrator_config(workdir / "orchestrator-data",
+                                          f"127.0.0.1:{free_port()}", CLASSES, MAX_BACKLOG))
+    daemon = await start_daemon(OURS, workdir, args=["--config", str(config)],
+                                timeout=START_TIMEOUT_S)
     daemon.notify.close()
-    return Server(OURS, daemon.grpc_addr, daemon.process, daemon.log_path, daemon)
-
-
-async def stop_server(server: Server) -> None:
-    """SIGTERM, and exit status 0 within STOP_TIMEOUT_S."""
-    if server.process.returncode is not None:
-        return
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        async with asyncio.timeout(STOP_TIMEOUT_S):
-            code = await server.process.wait()
-    except TimeoutError:
-        server.process.kill()
-        await server.process.wait()
-        raise BenchError(f"{server.name} ignored SIGTERM for {STOP_TIMEOUT_S}s") from None
-    if code != 0:
-        raise BenchError(f"{server.name} exited {code} after SIGTERM:\n{server.log_text()}")
+    return ServerProcess.of(daemon)
 
 
 # -- rounds ---------------------------------------------------------------------------------
@@ -366,7 +245,7 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-async def load_round(server: Server, prefix: str, args: argparse.Namespace,
+async def load_round(server: ServerProcess, prefix: str, args: argparse.Namespace,
                      acked: Acked) -> Sample:
     server.require_alive()
     procs = args.client_procs
@@ -378,9 +257,9 @@ async def load_round(server: Server, prefix: str, args: argparse.Namespace,
     async def sample_server() -> None:
         nonlocal cpu_before, cpu_after
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        cpu_before = server.cpu_seconds()
+        cpu_before = cpu_seconds(server)
         await asyncio.sleep(args.seconds)
-        cpu_after = server.cpu_seconds()
+        cpu_after = cpu_seconds(server)
 
     sampler = asyncio.ensure_future(sample_server())
     try:
@@ -467,11 +346,9 @@ async def run(args: argparse.Namespace) -> dict[str, list[Sample]]:
     acked = Acked()
     with tempfile.TemporaryDirectory(prefix="ai-bench-") as tmp:
         workdir = Path(tmp)
-        script = workdir / "grpc_echo.py"
-        script.write_text(ECHO_SCRIPT)
-        servers: list[Server] = []
+        servers: list[ServerProcess] = []
         try:
-            servers.append(await start_echo(script, workdir))
+            servers.append(await start_baseline(workdir, "submit-echo", name=ECHO))
             servers.append(await start_ours(workdir))
             by_name = {server.name: server for server in servers}
             for number in range(1, args.rounds + 1):
@@ -493,17 +370,11 @@ async def run(args: argparse.Namespace) -> dict[str, list[Sample]]:
                 verify_store, workdir / "orchestrator-data" / "orchestrator.sqlite3", acked)
             print(f"store after SIGKILL: {rows} tasks, journal_mode={mode}; all {acked.total} "
                   "acknowledged submits present, nothing else", file=sys.stderr, flush=True)
-            await stop_server(by_name[ECHO])
+            await by_name[ECHO].stop()
         finally:
             for server in servers:
-                if server.process.returncode is None:
-                    server.process.kill()
-                    await server.process.wait()
+                await server.kill()
     return samples
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> bool:
@@ -544,7 +415,7 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = arguments(__doc__)
     parser.add_argument("--callers", type=int, default=50, help="concurrent callers")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side")
@@ -554,7 +425,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="load-generator processes (0: run the callers in this process)")
     parser.add_argument("--channels", type=int, default=2,
                         help="gRPC channels (connections) in all, shared out over the processes")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     # A load-generator child (internal).
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -566,13 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds, --callers and --channels must be at least 1, --seconds above 0")
     if args.client_procs < 0 or args.client_procs > args.callers:
         parser.error("--client-procs must be between 0 and --callers")
-    try:
-        samples = asyncio.run(run(args))
-    except BenchError as exc:
-        print(f"submit_throughput: {exc}", file=sys.stderr)
-        return 2
-    all_pass = report(samples, args)
-    return 1 if args.strict and not all_pass else 0
+    return run_and_report("submit_throughput", run(args), lambda samples: report(samples, args),
+                          strict=args.strict)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,10 @@ figures unless --strict (then 1 when the target is missed); 2 when something fai
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,13 +34,18 @@ from bench._support import (  # noqa: E402  (needs the repo root on sys.path)
     BENCH_LABEL,
     IMAGE,
     STACK_LABEL,
+    Batch,
     BenchError,
     EnvManager,
+    arguments,
+    clean_up,
     env_manager,
+    env_manager_config,
     median,
-    remove_labelled,
     require_gone,
     require_image,
+    run_and_report,
+    run_batch,
     run_command,
     run_id,
     verdict,
@@ -55,47 +57,6 @@ CALL_TIMEOUT_S = 120.0
 ENV_MANAGER = "env-manager"
 DOCKER_RUN = "docker run"
 SIDES = (ENV_MANAGER, DOCKER_RUN)
-
-
-def config_text(stack: str, concurrency: int) -> str:
-    return (f'[stack]\nname = "{stack}"\n\n'
-            f"[workload_classes.{WORKLOAD_CLASS}]\n"
-            f'image = "{IMAGE}"\n'
-            f"concurrency = {max(4, concurrency)}\n"
-            'network_mode = "none"\n'
-            'default_timeout = "60s"\n'
-            'max_timeout = "10m"\n')
-
-
-@dataclass
-class Batch:
-    seconds: float
-    latencies: list[float]
-
-
-async def run_batch(count: int, concurrency: int,
-                    one: Callable[[int], Awaitable[None]]) -> Batch:
-    """`count` calls of `one(i)` from `concurrency` workers; wall time and per-call latency."""
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for index in range(count):
-        queue.put_nowait(index)
-    latencies: list[float] = []
-
-    async def worker() -> None:
-        while not queue.empty():
-            index = queue.get_nowait()
-            began = time.monotonic()
-            await one(index)
-            latencies.append(time.monotonic() - began)
-
-    began = time.monotonic()
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
-                group.create_task(worker())
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None  # the first failure; the other workers are cancelled
-    return Batch(time.monotonic() - began, latencies)
 
 
 @dataclass
@@ -151,7 +112,7 @@ async def run(args: argparse.Namespace) -> Bench:
     stack = label
     workdir = Path(tempfile.mkdtemp(prefix="ai-bench-task-"))
     config = workdir / "env-manager.toml"
-    config.write_text(config_text(stack, args.concurrency))
+    config.write_text(env_manager_config(stack, max(4, args.concurrency), WORKLOAD_CLASS))
     print(f"task_exec: run {label}, files in {workdir}", file=sys.stderr, flush=True)
     try:
         async with env_manager(workdir, config) as em:
@@ -170,32 +131,23 @@ async def run(args: argparse.Namespace) -> Bench:
             await require_gone(STACK_LABEL, stack, "after the env-manager rounds")
             await require_gone(BENCH_LABEL, label, "after the docker run rounds")
     finally:
-        left = await remove_labelled(STACK_LABEL, stack) + await remove_labelled(BENCH_LABEL,
-                                                                                 label)
-        if left:
-            print(f"task_exec: removed {left} container(s) left behind", file=sys.stderr)
+        await clean_up("task_exec", (STACK_LABEL, stack), (BENCH_LABEL, label))
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return bench
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = arguments(__doc__)
     parser.add_argument("--tasks", type=int, default=50, help="tasks per round and side")
     parser.add_argument("--concurrency", type=int, default=4, help="calls in flight at once")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side (at least 3)")
     parser.add_argument("--keep", action="store_true", help="keep the config and daemon log")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.tasks < 1 or args.concurrency < 1:
         parser.error("--rounds, --tasks and --concurrency must be at least 1")
-    try:
-        bench = asyncio.run(run(args))
-    except (BenchError, AssertionError) as exc:
-        print(f"task_exec: {exc}", file=sys.stderr)
-        return 2
-    all_pass = report(bench, args.rounds)
-    return 1 if args.strict and not all_pass else 0
+    return run_and_report("task_exec", run(args), lambda bench: report(bench, args.rounds),
+                          strict=args.strict)
 
 
 if __name__ == "__main__":
