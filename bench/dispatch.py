@@ -53,13 +53,10 @@ from prometheus_client import CollectorRegistry
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent_infra.orchestrator.executor import (  # noqa: E402
-    Execution,
-    ExecutionOutcome,
-    InProcessExecutor,
-)
+from agent_infra.orchestrator.domain import Orchestrator  # noqa: E402
+from agent_infra.orchestrator.executors.in_process import InProcessExecutor  # noqa: E402
+from agent_infra.orchestrator.executors.protocol import Execution, ExecutionOutcome  # noqa: E402
 from agent_infra.orchestrator.model import Task, TaskRequest, TaskState  # noqa: E402
-from agent_infra.orchestrator.service import Orchestrator  # noqa: E402
 from agent_infra.orchestrator.settings import OrchestratorSettings  # noqa: E402
 from agent_infra.wire import orchestrator_pb2 as pb  # noqa: E402  (needs the repo root on sys.path)
 from agent_infra.wire import orchestrator_pb2_grpc  # noqa: E402

@@ -10,10 +10,10 @@ from agent_infra.runtime import DaemonApp, DaemonContext, package_version
 from agent_infra.wire import orchestrator_pb2, orchestrator_pb2_grpc
 from aiohttp import web
 
+from .domain import Orchestrator
+from .grpc_api import OrchestratorServicer
 from .http_api import queue_routes
 from .scheduler import Scheduler
-from .service import Orchestrator
-from .servicer import OrchestratorServicer
 from .settings import OrchestratorSettings
 from .store import Store
 

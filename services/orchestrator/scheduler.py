@@ -28,7 +28,7 @@ from agent_infra.runtime.logs import get_logger
 from agent_infra.runtime.parsing import truthy
 
 from . import tasks_repo
-from .executor import CONTROL_KEYS, Execution, Executor, TransientFailure
+from .executors.protocol import CONTROL_KEYS, Execution, Executor, TransientFailure
 from .metrics import OrchestratorMetrics
 from .model import TASK_ID_PATTERN, Task, TaskRequest, TaskState
 from .settings import ClassSettings, DispatchSettings, LimitSettings

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import aiodocker
 import pytest
-from agent_infra.orchestrator.dispatch_env import AVAILABILITY_TTL
+from agent_infra.orchestrator.executors.env_manager import AVAILABILITY_TTL
 from agent_infra.wire import orchestrator_pb2 as pb
 
 from tests.daemon_support import (

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from agent_infra.orchestrator.executor import (
+from agent_infra.orchestrator.domain import Orchestrator
+from agent_infra.orchestrator.executors.in_process import InProcessExecutor
+from agent_infra.orchestrator.executors.protocol import (
     Execution,
     ExecutionOutcome,
-    InProcessExecutor,
     TransientFailure,
 )
 from agent_infra.orchestrator.model import Task, TaskRequest, TaskState
-from agent_infra.orchestrator.service import Orchestrator
 from agent_infra.orchestrator.settings import OrchestratorSettings
 from agent_infra.runtime.errors import AlreadyExists, InvalidArgument
 from prometheus_client import CollectorRegistry

@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from agent_infra.orchestrator.dispatch_slurm import JobFiles, SlurmExecutor, job_name
-from agent_infra.orchestrator.executor import Execution, TransientFailure
+from agent_infra.orchestrator.domain import Orchestrator
+from agent_infra.orchestrator.executors.protocol import Execution, TransientFailure
+from agent_infra.orchestrator.executors.slurm.executor import SlurmExecutor
+from agent_infra.orchestrator.executors.slurm.job_files import JobFiles
+from agent_infra.orchestrator.executors.slurm.submission import job_name
 from agent_infra.orchestrator.model import Task, TaskRequest, TaskState
-from agent_infra.orchestrator.service import Orchestrator
 from agent_infra.orchestrator.settings import OrchestratorSettings, SlurmSettings
 from agent_infra.runtime.errors import FailedPrecondition, NotFound
 from prometheus_client import CollectorRegistry

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from agent_infra.orchestrator import workflow_store as ws
 from agent_infra.orchestrator.model import Event
 from agent_infra.orchestrator.store import Store
-from agent_infra.orchestrator.workflow_logic import Actions, RunStatus, StepStatus
-from agent_infra.orchestrator.workflow_spec import WorkflowSpec, parse_spec
+from agent_infra.orchestrator.workflows import repository as ws
+from agent_infra.orchestrator.workflows.logic import Actions, RunStatus, StepStatus
+from agent_infra.orchestrator.workflows.spec import WorkflowSpec, parse_spec
 from agent_infra.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 CLASSES = {"cpu_short", "gpu"}

@@ -5,9 +5,9 @@ endpoint its latest attempt went to while that one answers, whatever capacity it
 from __future__ import annotations
 
 import pytest
-from agent_infra.orchestrator import dispatch_env
-from agent_infra.orchestrator.dispatch_env import EnvManagerExecutor
-from agent_infra.orchestrator.executor import Execution, TransientFailure
+from agent_infra.orchestrator.executors import env_manager as dispatch_env
+from agent_infra.orchestrator.executors.env_manager import EnvManagerExecutor
+from agent_infra.orchestrator.executors.protocol import Execution, TransientFailure
 from agent_infra.orchestrator.settings import EnvManagerEndpoint
 
 from tests.env_dispatch_fakes import DOWN, OK, SLOW, FakeEnvManager

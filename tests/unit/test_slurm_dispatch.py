@@ -12,26 +12,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_infra.orchestrator.dispatch_slurm import (
-    JobFiles,
-    JobSpec,
-    SlurmExecutor,
-    job_name,
-    parse_exit_code,
-    parse_payload,
-    parse_run_time,
-    parse_scontrol_job,
-    read_exit_record,
-    render_script,
-    time_limit_minutes,
+from agent_infra.orchestrator.executors.protocol import (
+    Execution,
+    ExecutionOutcome,
+    TransientFailure,
 )
-from agent_infra.orchestrator.executor import Execution, ExecutionOutcome, TransientFailure
-from agent_infra.orchestrator.executors import (
+from agent_infra.orchestrator.executors.routing import (
     NO_SLURM,
     RoutingExecutor,
     build_executor,
     reload_slurm,
     slurm_executor,
+)
+from agent_infra.orchestrator.executors.slurm.executor import SlurmExecutor
+from agent_infra.orchestrator.executors.slurm.job_files import JobFiles, read_exit_record
+from agent_infra.orchestrator.executors.slurm.job_state import (
+    parse_exit_code,
+    parse_run_time,
+    parse_scontrol_job,
+)
+from agent_infra.orchestrator.executors.slurm.payload import JobSpec, parse_payload
+from agent_infra.orchestrator.executors.slurm.submission import (
+    job_name,
+    render_script,
+    time_limit_minutes,
 )
 from agent_infra.orchestrator.settings import OrchestratorSettings, SlurmSettings
 from agent_infra.runtime.errors import FailedPrecondition, InvalidArgument

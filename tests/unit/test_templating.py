@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from agent_infra.orchestrator.templating import (
+from agent_infra.orchestrator.workflows.templating import (
     RenderContext,
     StepView,
     TemplateError,

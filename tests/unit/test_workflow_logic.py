@@ -6,13 +6,13 @@ import json
 from typing import Any
 
 import pytest
-from agent_infra.orchestrator.workflow_logic import (
+from agent_infra.orchestrator.workflows.logic import (
     Actions,
     RunStatus,
     StepStatus,
     next_actions,
 )
-from agent_infra.orchestrator.workflow_spec import WorkflowSpec, parse_spec
+from agent_infra.orchestrator.workflows.spec import WorkflowSpec, parse_spec
 
 RUNNING, COMPLETED, FAILED, SKIPPED, PENDING = (
     "running", "completed", "failed", "skipped", "pending")

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from agent_infra.orchestrator.workflow_spec import (
+from agent_infra.orchestrator.workflows.spec import (
     MAX_SPEC_BYTES,
     StepSpec,
     WorkflowSpec,

@@ -1,4 +1,4 @@
-"""Workflow and run records as the workflow store keeps them, and the SQL that reads them back."""
+"""Workflow and run records as `repository` keeps them, and the SQL that reads them back."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 from agent_infra.runtime.errors import NotFound
 
+from .logic import RunStatus, StepStatus
+from .spec import WorkflowSpec, parse_spec
 from .templating import RenderContext
-from .workflow_logic import RunStatus, StepStatus
-from .workflow_spec import WorkflowSpec, parse_spec
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS workflows (
@@ -93,7 +93,7 @@ class Run:
     steps: dict[str, RunStep]  # by step id, in id order
 
     def step_states(self) -> dict[str, str]:
-        """What workflow_logic.next_actions takes."""
+        """What logic.next_actions takes."""
         return {step_id: step.status.value for step_id, step in self.steps.items()}
 
     @property

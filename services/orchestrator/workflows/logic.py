@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .workflow_spec import WorkflowSpec
+from .spec import WorkflowSpec
 
 
 class StepStatus(StrEnum):

@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator, Collection
 from agent_infra.runtime.errors import DomainError
 from agent_infra.runtime.logs import get_logger
 
-from . import workflow_store as records
-from .model import Task, TaskRequest, TaskState
-from .scheduler import Scheduler
-from .store import Store
-from .workflow_logic import StepStatus
-from .workflow_spec import parse_spec, validate_workflow_id
-from .workflow_store import Run, Workflow
+from ..model import Task, TaskRequest, TaskState
+from ..scheduler import Scheduler
+from ..store import Store
+from . import repository
+from .logic import StepStatus
+from .records import Run, Workflow
+from .spec import parse_spec, validate_workflow_id
 
 log = get_logger("workflows")
 
@@ -39,11 +39,11 @@ class WorkflowEngine:
         scheduler.listeners.append(self._on_task)
 
     async def start(self) -> None:
-        await records.ensure_schema(self._store)
+        await repository.ensure_schema(self._store)
 
     async def resume(self) -> None:
         """Move on every unfinished run, including steps whose task ended while we were down."""
-        for run in await records.unfinished_runs(self._store):
+        for run in await repository.unfinished_runs(self._store):
             for step in run.steps.values():
                 if step.status == StepStatus.RUNNING and step.task_id:
                     with contextlib.suppress(DomainError):
@@ -62,14 +62,14 @@ class WorkflowEngine:
                      ) -> tuple[int, bool]:
         validate_workflow_id(workflow_id)
         parsed = parse_spec(spec, self.known_classes)
-        return await records.create_workflow(self._store, workflow_id, name, description, parsed)
+        return await repository.create_workflow(self._store, workflow_id, name, description, parsed)
 
     async def list(self) -> list[Workflow]:
-        return await records.list_workflows(self._store)
+        return await repository.list_workflows(self._store)
 
     async def start_run(self, workflow_id: str, idempotency_key: str,
                         run_input: dict[str, str]) -> tuple[Run, bool]:
-        run, created = await records.start_run(self._store, workflow_id, idempotency_key,
+        run, created = await repository.start_run(self._store, workflow_id, idempotency_key,
                                                run_input)
         if created:
             await self._advance(run.run_id)
@@ -80,7 +80,7 @@ class WorkflowEngine:
         changes: asyncio.Queue[Run] = asyncio.Queue()
         self._watchers[run_id].add(changes)
         try:
-            run = await records.get_run(self._store, run_id)
+            run = await repository.get_run(self._store, run_id)
             last = _view(run)
             yield run
             while not run.status.terminal:
@@ -102,22 +102,22 @@ class WorkflowEngine:
     async def _step_done(self, task: Task) -> None:
         status = StepStatus.COMPLETED if task.status is TaskState.COMPLETED else StepStatus.FAILED
         error = task.error if task.status is not TaskState.CANCELLED else "task cancelled"
-        await records.update_step(self._store, task.run_id, task.step_id, status,
+        await repository.update_step(self._store, task.run_id, task.step_id, status,
                                   task_id=task.id, result=task.result, error=error)
         await self._advance(task.run_id)
 
     async def _advance(self, run_id: str) -> None:
         async with self._locks[run_id]:
             while True:
-                actions = await records.advance_run(self._store, run_id)
-                run = await records.get_run(self._store, run_id)
+                actions = await repository.advance_run(self._store, run_id)
+                run = await repository.get_run(self._store, run_id)
                 failed_to_submit = False
                 if actions.ready:
-                    workflow = await records.get_workflow(self._store, run.workflow_id,
+                    workflow = await repository.get_workflow(self._store, run.workflow_id,
                                                           run.version)
                     for step_id in actions.ready:
                         failed_to_submit |= not await self._submit(run, workflow, step_id)
-                    run = await records.get_run(self._store, run_id)
+                    run = await repository.get_run(self._store, run_id)
                 self._publish(run)
                 if not failed_to_submit:
                     break
@@ -127,7 +127,7 @@ class WorkflowEngine:
     async def _submit(self, run: Run, workflow: Workflow, step_id: str) -> bool:
         """Submit one ready step's task; False when it could not be (the step then failed)."""
         step = workflow.spec.step(step_id)
-        task_id = records.step_task_id(run.run_id, step_id)
+        task_id = repository.step_task_id(run.run_id, step_id)
         try:
             payload = step.render_payload(run.render_context())
             await self._scheduler.submit(TaskRequest(
@@ -136,10 +136,10 @@ class WorkflowEngine:
                 max_attempts=step.max_attempts), run_id=run.run_id, step_id=step_id)
         except DomainError as exc:
             log.warning("step_not_submitted", run_id=run.run_id, step=step_id, error=str(exc))
-            await records.update_step(self._store, run.run_id, step_id, StepStatus.FAILED,
+            await repository.update_step(self._store, run.run_id, step_id, StepStatus.FAILED,
                                       task_id=task_id, error=str(exc))
             return False
-        await records.update_step(self._store, run.run_id, step_id, StepStatus.RUNNING,
+        await repository.update_step(self._store, run.run_id, step_id, StepStatus.RUNNING,
                                   task_id=task_id)
         return True
 

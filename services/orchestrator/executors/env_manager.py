@@ -45,8 +45,8 @@ from agent_infra.client.errors import DeadlineExceeded, InfraError, InfraUnavail
 from agent_infra.runtime.errors import FailedPrecondition
 from agent_infra.runtime.logs import get_logger
 
-from .executor import Execution, ExecutionOutcome, TransientFailure
-from .settings import EnvManagerEndpoint
+from ..settings import EnvManagerEndpoint
+from .protocol import Execution, ExecutionOutcome, TransientFailure
 
 log = get_logger("dispatch")
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from agent_infra.runtime.logs import get_logger
 
-from .dispatch_env import EnvManagerExecutor
-from .dispatch_slurm import SLURM_CLASS, SlurmExecutor
-from .executor import Execution, ExecutionOutcome, Executor
-from .settings import OrchestratorSettings, SlurmSettings
+from ..settings import OrchestratorSettings, SlurmSettings
+from .env_manager import EnvManagerExecutor
+from .protocol import Execution, ExecutionOutcome, Executor
+from .slurm.executor import SlurmExecutor
+from .slurm.payload import SLURM_CLASS
 
 log = get_logger("executors")
 

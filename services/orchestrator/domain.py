@@ -17,14 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from . import tasks_repo
 from .events import EventHub
-from .executor import Executor
-from .executors import build_executor, reload_slurm
+from .executors.protocol import Executor
+from .executors.routing import build_executor, reload_slurm
 from .metrics import OrchestratorMetrics
 from .model import Task
 from .scheduler import Scheduler
 from .settings import OrchestratorSettings
 from .store import Store
-from .workflow_engine import WorkflowEngine
+from .workflows.engine import WorkflowEngine
 
 log = get_logger("orchestrator")
 

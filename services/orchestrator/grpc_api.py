@@ -15,9 +15,9 @@ from agent_infra.wire import orchestrator_pb2 as pb
 from agent_infra.wire import orchestrator_pb2_grpc
 
 from . import tasks_repo
+from .domain import Orchestrator
 from .model import Task, TaskRequest, TaskState
-from .service import Orchestrator
-from .workflow_store import Run
+from .workflows.records import Run
 
 Context = Any  # grpc.aio.ServicerContext; grpc is untyped
 VERSION_KEY = "version"

@@ -35,9 +35,9 @@ from agent_infra.runtime.errors import (
     ResourceExhausted,
 )
 
-from .store import Store, Tx
-from .workflow_logic import Actions, RunStatus, StepStatus, next_actions
-from .workflow_records import (
+from ..store import Store, Tx
+from .logic import Actions, RunStatus, StepStatus, next_actions
+from .records import (
     SCHEMA,
     UNFINISHED,
     Run,
@@ -50,7 +50,7 @@ from .workflow_records import (
     load_workflow,
     spec_from_text,
 )
-from .workflow_spec import WorkflowSpec, validate_workflow_id
+from .spec import WorkflowSpec, validate_workflow_id
 
 __all__ = [
     "Actions", "Run", "RunStatus", "RunStep", "StepStatus", "Workflow", "advance_run",
@@ -331,7 +331,7 @@ async def finish_run(store: Store, run_id: str, status: RunStatus | str, *, erro
 
 
 async def advance_run(store: Store, run_id: str, *, fail_fast: bool = False) -> Actions:
-    """Apply workflow_logic.next_actions to the run, in one transaction: skip what a failure
+    """Apply logic.next_actions to the run, in one transaction: skip what a failure
     blocks, end the run once every step is terminal; return the actions (the engine starts
     `ready`). Idempotent: calling it again with nothing changed changes nothing."""
     def apply(tx: Tx) -> Actions:
