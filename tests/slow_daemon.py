@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from agent_infra.env_manager.app import EnvManagerApp
 from agent_infra.env_manager.settings import SPEC
-from agent_infra.runtime import DaemonSettings, run_daemon
+from agent_infra.runtime import run_daemon
 
 SERVICE = "agent_infra.test.Slow"
 
@@ -41,9 +41,5 @@ class SlowApp(EnvManagerApp):
         })])
 
 
-def _make_app(settings: DaemonSettings) -> SlowApp:
-    return SlowApp(settings)  # type: ignore[arg-type]
-
-
 if __name__ == "__main__":
-    sys.exit(run_daemon(SPEC, _make_app, sys.argv[1:]))
+    sys.exit(run_daemon(SPEC, SlowApp, sys.argv[1:]))

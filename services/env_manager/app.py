@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 from agent_infra.runtime import DaemonApp, DaemonContext
@@ -16,7 +15,7 @@ from .settings import EnvManagerSettings
 SERVICE_NAME = env_manager_pb2.DESCRIPTOR.services_by_name["EnvManagerService"].full_name
 
 
-class EnvManagerApp(DaemonApp):
+class EnvManagerApp(DaemonApp[EnvManagerSettings]):
     service_names = (SERVICE_NAME,)
 
     def __init__(self, settings: EnvManagerSettings) -> None:
@@ -32,7 +31,7 @@ class EnvManagerApp(DaemonApp):
         assert self._manager is not None, "RPCs are served only after start()"
         return self._manager
 
-    async def start(self, context: DaemonContext) -> None:
+    async def start(self, context: DaemonContext[EnvManagerSettings]) -> None:
         self._manager = await EnvManager.open(self._settings)
         self._context = context
 
@@ -43,8 +42,7 @@ class EnvManagerApp(DaemonApp):
             manager.watch_docker(self._context.health.set))
         return ok, "serving" if ok else manager.docker_error
 
-    async def reload(self, settings: Any) -> None:
-        assert isinstance(settings, EnvManagerSettings)
+    async def reload(self, settings: EnvManagerSettings) -> None:
         self._settings = settings
         self._domain().reconfigure(settings)
 

@@ -13,11 +13,15 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
 from pydantic import BaseModel, ValidationError
+from typing_extensions import TypeVar
 
 CONFIG_ERROR_EXIT = 2
+
+#: the settings model a ConfigSpec validates into
+SettingsT = TypeVar("SettingsT", bound=BaseModel, default=BaseModel)
 
 
 class ConfigError(Exception):
@@ -41,9 +45,9 @@ class Option:
 
 
 @dataclass(frozen=True)
-class ConfigSpec:
+class ConfigSpec(Generic[SettingsT]):
     daemon: str
-    model: type[BaseModel]
+    model: type[SettingsT]
     defaults: Mapping[str, Any]
     options: Sequence[Option]
     config_env: str
@@ -52,13 +56,13 @@ class ConfigSpec:
 
 
 @dataclass
-class LoadedConfig:
-    settings: BaseModel
+class LoadedConfig(Generic[SettingsT]):
+    settings: SettingsT
     path: Path | None
     sources: dict[str, str]
 
 
-def build_arg_parser(spec: ConfigSpec) -> argparse.ArgumentParser:
+def build_arg_parser(spec: ConfigSpec[Any]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=spec.daemon, description=spec.description)
     parser.add_argument(
         "--config", metavar="FILE", help=f"TOML config file (env {spec.config_env})"
@@ -79,8 +83,8 @@ def _dest(option: Option) -> str:
 
 
 def load_config(
-    spec: ConfigSpec, args: argparse.Namespace, environ: Mapping[str, str]
-) -> LoadedConfig:
+    spec: ConfigSpec[SettingsT], args: argparse.Namespace, environ: Mapping[str, str]
+) -> LoadedConfig[SettingsT]:
     """Merge every layer and validate; raises ConfigError with a message naming the key."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}

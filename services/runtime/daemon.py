@@ -19,13 +19,14 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from typing_extensions import TypeVar
 
 from . import logs
 from .auth import HEALTH_SERVICE, TokenAuth
@@ -39,6 +40,14 @@ from .status import map_domain_errors
 
 log = logs.get_logger("daemon")
 
+#: A daemon's own settings model. An app reads settings (start, reload), never hands them back:
+#: an app written for any DaemonSettings runs with a subclass, hence contravariant.
+SettingsT = TypeVar("SettingsT", bound=DaemonSettings, default=DaemonSettings)
+AppSettingsT = TypeVar("AppSettingsT", bound=DaemonSettings, default=DaemonSettings,
+                       contravariant=True)
+ContextSettingsT = TypeVar("ContextSettingsT", bound=DaemonSettings, default=DaemonSettings,
+                           covariant=True)
+
 FORCED_EXIT = 1
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -50,11 +59,11 @@ class StartupError(Exception):
     """The daemon could not start (a port in use, a certificate unreadable...)."""
 
 
-@dataclass
-class DaemonContext:
+@dataclass(frozen=True)
+class DaemonContext(Generic[ContextSettingsT]):
     """What the runtime hands an app: its settings, metrics registry and health switch."""
 
-    settings: Any
+    settings: ContextSettingsT
     registry: CollectorRegistry
     closing: asyncio.Event
     health: HealthState
@@ -62,8 +71,9 @@ class DaemonContext:
     authorize: Callable[[str | None], bool]
 
 
-class DaemonApp:
-    """The domain half of a daemon. Subclasses override what they need."""
+class DaemonApp(Generic[AppSettingsT]):
+    """The domain half of a daemon, for settings of type AppSettingsT (a daemon's own
+    DaemonSettings subclass). Subclasses override what they need."""
 
     #: fully qualified gRPC service names the app registers (for health and reflection)
     service_names: Sequence[str] = ()
@@ -74,7 +84,7 @@ class DaemonApp:
     def register(self, server: grpc.aio.Server) -> None:
         """Add the app's servicers to the server."""
 
-    async def start(self, context: DaemonContext) -> None:
+    async def start(self, context: DaemonContext[AppSettingsT]) -> None:
         """Open stores, connect to dependencies; return when ready to serve."""
 
     async def readiness(self) -> tuple[bool, str]:
@@ -93,7 +103,7 @@ class DaemonApp:
     async def stop(self) -> None:
         """Release what start() took; called after in-flight RPCs are done."""
 
-    async def reload(self, settings: Any) -> None:
+    async def reload(self, settings: AppSettingsT) -> None:
         """Apply the parts of new settings that can change at run time."""
 
     def http_routes(self) -> Sequence[web.RouteDef]:
@@ -163,9 +173,9 @@ class HealthState:
         await self._servicer.enter_graceful_shutdown()
 
 
-class Daemon:
-    def __init__(self, spec: ConfigSpec, settings: DaemonSettings, app: DaemonApp,
-                 reload_args: Any = None, version: str = "0") -> None:
+class Daemon(Generic[SettingsT]):
+    def __init__(self, spec: ConfigSpec[SettingsT], settings: SettingsT,
+                 app: DaemonApp[SettingsT], reload_args: Any = None, version: str = "0") -> None:
         self._spec = spec
         self._settings = settings
         self._app = app
@@ -318,7 +328,7 @@ class Daemon:
             log.error("reload_rejected", error=str(exc), kept="previous configuration")
             self._notifier.ready("reload rejected; previous configuration kept")
             return
-        new: DaemonSettings = loaded.settings  # type: ignore[assignment]
+        new = loaded.settings
         restart_needed = [name for name in ("server", "tls")
                           if getattr(new, name) != getattr(self._settings, name)]
         logs.configure_logging(new.log.level, new.log.format)

@@ -11,8 +11,7 @@ from importlib import metadata
 
 from . import logs
 from .config import CONFIG_ERROR_EXIT, ConfigError, ConfigSpec, build_arg_parser, load_config
-from .daemon import Daemon, DaemonApp, StartupError
-from .settings import DaemonSettings
+from .daemon import Daemon, DaemonApp, SettingsT, StartupError
 
 STARTUP_ERROR_EXIT = 1
 # Allocations between young-generation collections (CPython's default is 700). Each in-flight RPC
@@ -30,8 +29,8 @@ def package_version() -> str:
 
 
 def run_daemon(
-    spec: ConfigSpec,
-    make_app: Callable[[DaemonSettings], DaemonApp],
+    spec: ConfigSpec[SettingsT],
+    make_app: Callable[[SettingsT], DaemonApp[SettingsT]],
     argv: Sequence[str] | None = None,
 ) -> int:
     """Run a daemon to completion and return its exit status."""
@@ -45,7 +44,7 @@ def run_daemon(
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return CONFIG_ERROR_EXIT
-    settings: DaemonSettings = loaded.settings  # type: ignore[assignment]
+    settings = loaded.settings
     logs.configure_logging(settings.log.level, settings.log.format)
     daemon = Daemon(spec, settings, make_app(settings), reload_args=args, version=version)
 
