@@ -1,4 +1,4 @@
-"""orchestrator's half of the daemon: its domain, servicer and HTTP routes on the shared runtime."""
+"""orchestrator's half of the daemon: its domain, gRPC and HTTP sides on the shared runtime."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from aiohttp import web
 from .domain import Orchestrator
 from .grpc_api import OrchestratorServicer
 from .http_api import queue_routes
-from .scheduler import Scheduler
 from .settings import OrchestratorSettings
-from .store import Store
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 # How often grpc.health.v1 re-checks the store and each dependency (an env-manager endpoint is
@@ -41,14 +39,10 @@ class OrchestratorApp(DaemonApp):
             OrchestratorServicer(self._domain, package_version()), server)
 
     def http_routes(self) -> Sequence[web.RouteDef]:
-        def store_and_scheduler() -> tuple[Store, Scheduler]:
-            domain = self._domain()
-            return domain.store, domain.scheduler
-
         def authorize(header: str | None) -> bool:
             return self._context is None or self._context.authorize(header)
 
-        return queue_routes(store_and_scheduler, authorize)
+        return queue_routes(self._domain, authorize)
 
     async def start(self, context: DaemonContext) -> None:
         self._context = context

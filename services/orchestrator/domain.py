@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
-from agent_infra.runtime.errors import NotFound
+from agent_infra.runtime.errors import InvalidArgument, NotFound
 from agent_infra.runtime.logs import get_logger
 from prometheus_client import CollectorRegistry
 
@@ -20,7 +21,7 @@ from .events import EventHub
 from .executors.protocol import Executor
 from .executors.routing import build_executor, reload_slurm
 from .metrics import OrchestratorMetrics
-from .model import Task
+from .model import Task, TaskState
 from .scheduler import Scheduler
 from .settings import OrchestratorSettings
 from .store import Store
@@ -31,6 +32,17 @@ log = get_logger("orchestrator")
 RETENTION_INTERVAL = 600.0
 # With no ids and include_completed, a results stream starts with this many recent finished tasks.
 RECENT_COMPLETED = 1000
+# ListTasks: the page size when none is asked for, and the most one page holds.
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+STATUSES = tuple(state.value for state in TaskState)
+FINISHED = tuple(state.value for state in TaskState if state.terminal)
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    tasks: list[Task]  # newest first
+    next_page_token: str  # '' on the last page
 
 
 class Orchestrator:
@@ -118,10 +130,36 @@ class Orchestrator:
         current = [replace(t) for t in live]
         if include_completed:
             recent = await self.store.read(lambda conn: tasks_repo.page(
-                conn, statuses=("completed", "failed", "cancelled"), task_class="",
+                conn, statuses=FINISHED, task_class="",
                 workflow_id="", limit=RECENT_COMPLETED, before_seq=None))
             current.extend(reversed(recent))
         return current
+
+    async def list_tasks(self, *, statuses: Sequence[str] = (), task_class: str = "",
+                         workflow_id: str = "", page_size: int = 0, page_token: str = ""
+                         ) -> TaskPage:
+        """Stored tasks, newest first, with the given statuses (any when none), class and
+        workflow (any when ''); page_token continues where an earlier page said to."""
+        wanted = _statuses(statuses)
+        limit = _page_limit(page_size)
+        before = _page_start(page_token)
+        tasks = await self.store.read(lambda conn: tasks_repo.page(
+            conn, statuses=wanted, task_class=task_class, workflow_id=workflow_id,
+            limit=limit + 1, before_seq=before))
+        more = len(tasks) > limit
+        tasks = tasks[:limit]
+        return TaskPage(tasks, str(tasks[-1].seq) if more and tasks else "")
+
+    async def queue_status(self) -> dict[str, Any]:
+        """Per class: pending and running now, and the stored count of each finished state;
+        then the totals of each state over the classes."""
+        stored = await self.store.read(tasks_repo.counts)
+        classes: dict[str, dict[str, int]] = {}
+        for name, (pending, running) in self.scheduler.queue_depths().items():
+            counts = {s: stored.get((name, s), 0) for s in FINISHED}
+            classes[name] = {"pending": pending, "running": running, **counts}
+        totals = {s: sum(c[s] for c in classes.values()) for s in STATUSES}
+        return {"classes": classes, "totals": totals}
 
     async def health(self) -> dict[str, str]:
         states: dict[str, str] = {}
@@ -142,3 +180,26 @@ class Orchestrator:
         await self.scheduler.stop()
         await self.executor.close()
         await self.store.close()
+
+
+def _statuses(statuses: Sequence[str]) -> list[str]:
+    unknown = sorted(set(statuses) - set(STATUSES))
+    if unknown:
+        raise InvalidArgument(f"statuses: unknown {', '.join(unknown)}; use "
+                              f"{', '.join(STATUSES)}")
+    return list(statuses)
+
+
+def _page_limit(page_size: int) -> int:
+    if page_size < 0:
+        raise InvalidArgument(f"page_size must be 0 (default {DEFAULT_PAGE}) or more")
+    return min(page_size or DEFAULT_PAGE, MAX_PAGE)
+
+
+def _page_start(page_token: str) -> int | None:
+    """The seq a page token continues below (None: from the newest)."""
+    if not page_token:
+        return None
+    if not page_token.isdigit():
+        raise InvalidArgument("page_token is not one this server gave out")
+    return int(page_token)

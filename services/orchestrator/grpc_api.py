@@ -14,14 +14,12 @@ from agent_infra.runtime.errors import InvalidArgument
 from agent_infra.wire import orchestrator_pb2 as pb
 from agent_infra.wire import orchestrator_pb2_grpc
 
-from . import tasks_repo
 from .domain import Orchestrator
 from .model import Task, TaskRequest, TaskState
 from .workflows.records import Run
 
 Context = Any  # grpc.aio.ServicerContext; grpc is untyped
 VERSION_KEY = "version"
-MAX_PAGE = 1000
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -32,7 +30,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def SubmitTask(self, request: pb.SubmitTaskRequest, context: Context
                          ) -> pb.SubmitTaskResponse:
         task, _ = await self._get().scheduler.submit(TaskRequest(
-            id=request.id, task_class=getattr(request, "class") or "cpu_short",
+            id=request.id, task_class=getattr(request, "class"),
             payload=dict(request.payload), priority=request.priority,
             workflow_id=request.workflow_id, timeout_seconds=request.timeout_seconds,
             max_attempts=request.max_attempts))
@@ -68,31 +66,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def ListTasks(self, request: pb.ListTasksRequest, context: Context
                         ) -> pb.ListTasksResponse:
-        statuses = list(request.statuses)
-        unknown = sorted(set(statuses) - {s.value for s in TaskState})
-        if unknown:
-            raise InvalidArgument(f"statuses: unknown {', '.join(unknown)}; use "
-                                  f"{', '.join(s.value for s in TaskState)}")
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must be 0 (default 100) or more")
-        limit = min(request.page_size or 100, MAX_PAGE)
-        before: int | None = None
-        if request.page_token:
-            if not request.page_token.isdigit():
-                raise InvalidArgument("page_token is not one this server gave out")
-            before = int(request.page_token)
-        tasks = await self._get().store.read(lambda conn: tasks_repo.page(
-            conn, statuses=statuses, task_class=request.task_class,
-            workflow_id=request.workflow_id, limit=limit + 1, before_seq=before))
-        more = len(tasks) > limit
-        tasks = tasks[:limit]
+        page = await self._get().list_tasks(
+            statuses=list(request.statuses), task_class=request.task_class,
+            workflow_id=request.workflow_id, page_size=request.page_size,
+            page_token=request.page_token)
         return pb.ListTasksResponse(
             tasks=[pb.TaskSummary(
                 task_id=t.id, status=t.status.value, task_class=t.task_class,
                 priority=t.priority, workflow_id=t.workflow_id, attempts=t.attempts,
                 submitted_at=int(t.submitted_at), completed_at=int(t.finished_at),
-                error=t.error) for t in tasks],
-            next_page_token=str(tasks[-1].seq) if more and tasks else "")
+                error=t.error) for t in page.tasks],
+            next_page_token=page.next_page_token)
 
     async def CreateWorkflow(self, request: pb.CreateWorkflowRequest, context: Context
                              ) -> pb.CreateWorkflowResponse:

@@ -9,38 +9,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from agent_infra.runtime.errors import (
-    AlreadyExists,
-    DomainError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-)
+from agent_infra.runtime.errors import DomainError, InvalidArgument
+from agent_infra.runtime.status import http_status
 from aiohttp import web
 
-from . import tasks_repo
+from .domain import Orchestrator
 from .model import TaskRequest
-from .scheduler import Scheduler
-from .store import Store
-
-STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-_HTTP_STATUS: dict[type[DomainError], int] = {
-    InvalidArgument: 400, NotFound: 404, AlreadyExists: 409, FailedPrecondition: 412,
-    ResourceExhausted: 429, Unavailable: 503,
-}
 
 
-def queue_routes(domain: Callable[[], tuple[Store, Scheduler]],
+def queue_routes(domain: Callable[[], Orchestrator],
                  authorize: Callable[[str | None], bool]) -> Sequence[web.RouteDef]:
     async def status(request: web.Request) -> web.Response:
         if not authorize(request.headers.get("Authorization")):
             return _error(401, "missing or wrong bearer token")
-        store, scheduler = domain()
-        return web.json_response(await queue_status(store, scheduler))
+        return web.json_response(await domain().queue_status())
 
     async def submit(request: web.Request) -> web.Response:
         if not authorize(request.headers.get("Authorization")):
@@ -50,24 +33,14 @@ def queue_routes(domain: Callable[[], tuple[Store, Scheduler]],
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return _error(400, f"body is not JSON: {exc}")
         try:
-            task, created = await domain()[1].submit(task_request(body))
+            task, created = await domain().scheduler.submit(task_request(body))
         except DomainError as exc:
-            return _error(_status_of(exc), str(exc))
+            return _error(http_status(exc), str(exc))
         return web.json_response({"success": True, "task_id": task.id, "error": "",
                                   "created": created, "status": task.status.value},
                                  status=201 if created else 200)
 
     return [web.get("/queue/status", status), web.post("/queue/submit", submit)]
-
-
-async def queue_status(store: Store, scheduler: Scheduler) -> dict[str, Any]:
-    stored = await store.read(tasks_repo.counts)
-    classes: dict[str, dict[str, int]] = {}
-    for name, (pending, running) in scheduler.queue_depths().items():
-        counts = {s: stored.get((name, s), 0) for s in ("completed", "failed", "cancelled")}
-        classes[name] = {"pending": pending, "running": running, **counts}
-    totals = {s: sum(c[s] for c in classes.values()) for s in STATUSES}
-    return {"classes": classes, "totals": totals}
 
 
 def task_request(body: object) -> TaskRequest:
@@ -84,17 +57,10 @@ def task_request(body: object) -> TaskRequest:
         if not isinstance(body.get(key, ""), str):
             raise InvalidArgument(f"{key} must be a string")
     return TaskRequest(
-        id=body.get("id", ""), task_class=body.get("class", "") or "cpu_short",
+        id=body.get("id", ""), task_class=body.get("class", ""),
         payload={str(k): v if isinstance(v, str) else json.dumps(v) for k, v in payload.items()},
         priority=priority, workflow_id=body.get("workflow_id", ""),
     )
-
-
-def _status_of(error: DomainError) -> int:
-    for cls in type(error).__mro__:
-        if cls in _HTTP_STATUS:
-            return _HTTP_STATUS[cls]
-    return 500
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -27,6 +27,8 @@ class TaskState(StrEnum):
 TERMINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
 
 TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# The class of a task (or workflow step) submitted without one.
+DEFAULT_CLASS = "cpu_short"
 
 
 @dataclass(frozen=True)

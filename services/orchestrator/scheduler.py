@@ -30,7 +30,7 @@ from agent_infra.runtime.parsing import truthy
 from . import tasks_repo
 from .executors.protocol import CONTROL_KEYS, Execution, Executor, TransientFailure
 from .metrics import OrchestratorMetrics
-from .model import TASK_ID_PATTERN, Task, TaskRequest, TaskState
+from .model import DEFAULT_CLASS, TASK_ID_PATTERN, Task, TaskRequest, TaskState
 from .settings import ClassSettings, DispatchSettings, LimitSettings
 from .store import Store
 
@@ -149,6 +149,8 @@ class Scheduler:
     def _validated(self, request: TaskRequest) -> TaskRequest:
         if not request.id:
             request = replace(request, id=f"task-{uuid.uuid4().hex}")
+        if not request.task_class:
+            request = replace(request, task_class=DEFAULT_CLASS)
         elif not TASK_ID_PATTERN.fullmatch(request.id):
             raise InvalidArgument("id must be 1-128 characters of letters, digits and - _ . : ; "
                                   f"got {request.id!r:.140}")

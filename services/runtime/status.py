@@ -1,4 +1,5 @@
-"""The wire side of domain errors: each becomes its gRPC status, with its message as details."""
+"""The wire side of domain errors: each becomes its gRPC status (or HTTP status), with its message
+as details."""
 
 from __future__ import annotations
 
@@ -18,23 +19,35 @@ from .errors import (
 )
 from .rpc import Invoke, RpcInfo
 
-_CODES: dict[type[DomainError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+# The one table of what each domain error is on the wire: its gRPC status code, and the HTTP
+# status a daemon's HTTP routes answer with.
+STATUSES: dict[type[DomainError], tuple[grpc.StatusCode, int]] = {
+    InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    NotFound: (grpc.StatusCode.NOT_FOUND, 404),
+    AlreadyExists: (grpc.StatusCode.ALREADY_EXISTS, 409),
+    FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, 412),
+    ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    Unavailable: (grpc.StatusCode.UNAVAILABLE, 503),
+    DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
 }
+# A DomainError of no class above (a bug): INTERNAL, 500.
+_UNMAPPED = (grpc.StatusCode.INTERNAL, 500)
+
+
+def _statuses(error: DomainError) -> tuple[grpc.StatusCode, int]:
+    for cls in type(error).__mro__:
+        found = STATUSES.get(cls)
+        if found is not None:
+            return found
+    return _UNMAPPED
 
 
 def grpc_status(error: DomainError) -> grpc.StatusCode:
-    for cls in type(error).__mro__:
-        code = _CODES.get(cls)
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
+    return _statuses(error)[0]
+
+
+def http_status(error: DomainError) -> int:
+    return _statuses(error)[1]
 
 
 async def map_domain_errors(

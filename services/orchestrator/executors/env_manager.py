@@ -45,6 +45,7 @@ from agent_infra.client.errors import DeadlineExceeded, InfraError, InfraUnavail
 from agent_infra.runtime.errors import FailedPrecondition
 from agent_infra.runtime.logs import get_logger
 
+from ..model import DEFAULT_CLASS
 from ..settings import EnvManagerEndpoint
 from .protocol import Execution, ExecutionOutcome, TransientFailure
 
@@ -212,7 +213,7 @@ class EnvManagerExecutor:
         async def one(client: EnvManagerClient) -> str:
             try:
                 await client.connect()
-                await client.get_resource_availability("cpu_short", timeout=PROBE_TIMEOUT)
+                await client.get_resource_availability(DEFAULT_CLASS, timeout=PROBE_TIMEOUT)
             except (InfraUnavailable, DeadlineExceeded) as exc:
                 # A down endpoint shows as either: the client retries UNAVAILABLE until the
                 # deadline.

@@ -27,6 +27,7 @@ from typing import Any
 
 from agent_infra.runtime.errors import InvalidArgument, ResourceExhausted
 
+from ..model import DEFAULT_CLASS
 from . import templating
 from .templating import RenderContext, TemplateError
 
@@ -36,7 +37,6 @@ MAX_RETRIES = 100
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 MAX_PAYLOAD_KEY_CHARS = 256
 INT32 = (-(2**31), 2**31 - 1)
-DEFAULT_CLASS = "cpu_short"
 STEP_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # used with fullmatch: "$" allows "\n"
 WORKFLOW_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 STEP_KEYS = frozenset(
