@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from agent_infra.runtime.errors import InvalidArgument, ResourceExhausted
@@ -398,33 +399,22 @@ def _add_edges(steps: list[StepSpec], edges: list[tuple[str, str]]) -> list[Step
 
 def _check_acyclic(by_id: Mapping[str, StepSpec]) -> None:
     """Raise naming one cycle, as parent -> child -> ... -> parent."""
-    children: dict[str, list[str]] = {step_id: [] for step_id in by_id}
-    for step in by_id.values():
-        for parent in step.depends_on:
-            children[parent].append(step.id)
-    state: dict[str, int] = {}  # absent: unseen; 1: on the current path; 2: done
-    for start in sorted(by_id):
-        if start in state:
-            continue
-        # Iterative DFS: a 1000-step chain must not hit Python's recursion limit.
-        path: list[str] = [start]
-        iterators = [iter(sorted(children[start]))]
-        state[start] = 1
-        while iterators:
-            child = next(iterators[-1], None)
-            if child is None:
-                state[path.pop()] = 2
-                iterators.pop()
-                continue
-            if state.get(child) == 1:
-                cycle = path[path.index(child):]
-                raise InvalidArgument(
-                    f"dependency cycle: {' -> '.join([*cycle, child])} "
-                    "(each step depends on the one before it)")
-            if child not in state:
-                state[child] = 1
-                path.append(child)
-                iterators.append(iter(sorted(children[child])))
+    sorter: TopologicalSorter[str] = TopologicalSorter()
+    # Steps, then each step's parent links, in id order: graphlib looks for a cycle from the
+    # first step added, following children in the order added, so the cycle named is the
+    # first one met from the lowest id (the same spec always names the same cycle).
+    for step_id in sorted(by_id):
+        sorter.add(step_id)
+    for step_id in sorted(by_id):
+        for parent in by_id[step_id].depends_on:
+            sorter.add(step_id, parent)
+    try:
+        sorter.prepare()
+    except CycleError as error:
+        cycle: list[str] = error.args[1]
+        raise InvalidArgument(
+            f"dependency cycle: {' -> '.join(cycle)} "
+            "(each step depends on the one before it)") from None
 
 
 def _check_references(spec: WorkflowSpec) -> None:
