@@ -8,8 +8,8 @@ pulls an image: a missing image is NotFound and PullImages is the one place that
 from __future__ import annotations
 
 import asyncio
-import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +25,15 @@ from .engine import DockerEngine
 from .images import image_present
 
 EXEC_OUTPUT_LIMIT = 4096
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+class MissingImage(NotFound):
+    """The image a container is to be created from is not on this host (nothing here pulls)."""
+
+    def __init__(self, image: str) -> None:
+        super().__init__(f"image {image} is not present; pull it with PullImages")
+        self.image = image
 
 
 @dataclass(frozen=True)
@@ -53,15 +62,20 @@ def container_name(stack: str, service: str) -> str:
     return f"{stack}-{service}"
 
 
-def docker_time(text: str | None) -> int:
-    """Unix seconds from Docker's RFC 3339 timestamps; Docker's zero time ("0001-...") is 0."""
-    if not text:
-        return 0
+def docker_timestamp(text: str | None) -> float | None:
+    """Unix seconds from the engine's RFC 3339 (nanosecond) timestamps; None for Docker's zero
+    time ("0001-...") and for anything that is no timestamp."""
+    if not text or text.startswith("0001-"):
+        return None
     try:
-        seconds = datetime.fromisoformat(text).timestamp()
+        return datetime.fromisoformat(_FRACTION.sub(r"\1", text.replace("Z", "+00:00"))).timestamp()
     except ValueError:
-        return 0
-    return max(0, int(seconds))
+        return None
+
+
+def docker_time(text: str | None) -> int:
+    """Whole unix seconds from Docker's RFC 3339 timestamps; 0 for its zero time (or none)."""
+    return max(0, int(docker_timestamp(text) or 0))
 
 
 # --- create ------------------------------------------------------------------------------------
@@ -133,34 +147,30 @@ async def create_service_container(engine: DockerEngine, stack: str, name: str,
     A container already holding the name is replaced only when it belongs to this stack.
     """
     if not await image_present(engine, spec.image):
-        raise _missing_image(spec.image)
+        raise MissingImage(spec.image)
     config = create_config(stack, name, spec)
     cname = container_name(stack, name)
-    container_id = await _create(engine, cname, config, spec.image)
+    container_id = await create(engine, cname, config)
     if container_id is None:
         await _remove_conflicting(engine, stack, cname)
-        container_id = await _create(engine, cname, config, spec.image)
+        container_id = await create(engine, cname, config)
         if container_id is None:
             raise FailedPrecondition(f"container name {cname!r} is in use again right after "
                                      "it was removed; is another env-manager running this stack?")
     return container_id
 
 
-def _missing_image(image: str) -> NotFound:
-    return NotFound(f"image {image} is not present; pull it with PullImages")
-
-
-async def _create(engine: DockerEngine, cname: str, config: dict[str, Any],
-                  image: str) -> str | None:
-    """The new container's id, or None when the name is taken (409)."""
+async def create(engine: DockerEngine, cname: str, config: Mapping[str, Any]) -> str | None:
+    """Creates (does not start) container `cname` from an engine create body: its id, or None
+    when the name is taken (409). MissingImage when the body's image is not on the host."""
     async def operation() -> str | None:
         try:
-            container = await engine.client.containers.create(config, name=cname)
+            container = await engine.client.containers.create(dict(config), name=cname)
         except aiodocker.DockerError as exc:
             if exc.status == 409:
                 return None
             if exc.status == 404 and "image" in str(exc.message).lower():
-                raise _missing_image(image) from None
+                raise MissingImage(str(config["Image"])) from None
             raise
         return str(container.id)
 
@@ -169,7 +179,7 @@ async def _create(engine: DockerEngine, cname: str, config: dict[str, Any],
 
 async def _remove_conflicting(engine: DockerEngine, stack: str, cname: str) -> None:
     try:
-        info = await _inspect(engine, cname)
+        info = await inspect(engine, cname)
     except NotFound:
         return  # gone in the meantime: the name is free
     owner = (info["Config"].get("Labels") or {}).get(labels.STACK)
@@ -183,10 +193,27 @@ async def _remove_conflicting(engine: DockerEngine, stack: str, cname: str) -> N
 # --- find and inspect --------------------------------------------------------------------------
 
 
-async def _inspect(engine: DockerEngine, ref: str) -> dict[str, Any]:
+async def inspect(engine: DockerEngine, ref: str) -> dict[str, Any]:
+    """The engine's inspect answer for container `ref` (id or name); NotFound when there is none."""
     info = await engine.call(f"inspect container {ref}",
                              lambda: engine.client.containers.container(ref).show())
     return dict(info)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A container as the engine's list gives it (no state details: inspect for those)."""
+
+    id: str
+    labels: dict[str, str]
+
+
+async def list_containers(engine: DockerEngine, filters: Mapping[str, list[str]], *,
+                          what: str) -> list[Listed]:
+    """Containers matching `filters` (the engine's list filters), running or not."""
+    listed = await engine.call(
+        what, lambda: engine.client.containers.list(all=True, filters=dict(filters)))
+    return [Listed(str(container.id), dict(container["Labels"] or {})) for container in listed]
 
 
 def state_from_inspect(info: Mapping[str, Any]) -> ContainerState:
@@ -222,18 +249,16 @@ def _host_ports(info: Mapping[str, Any]) -> list[int]:
 
 
 async def inspect_state(engine: DockerEngine, container_id: str) -> ContainerState:
-    return state_from_inspect(await _inspect(engine, container_id))
+    return state_from_inspect(await inspect(engine, container_id))
 
 
 async def find_service_containers(engine: DockerEngine, stack: str) -> dict[str, ContainerState]:
     """This stack's service containers, running or not, keyed by service name."""
     filters = labels.label_filter(**{labels.STACK: stack, labels.KIND: labels.KIND_SERVICE})
-    listed = await engine.call(
-        f"list containers of stack {stack}",
-        lambda: engine.client.containers.list(all=True, filters=json.dumps(filters)))
+    listed = await list_containers(engine, filters, what=f"list containers of stack {stack}")
     # The list gives no start time, exit code, health or configured ports: inspect each,
     # concurrently (about 2 ms apiece here).
-    states = await asyncio.gather(*(_state_of(engine, str(c.id)) for c in listed))
+    states = await asyncio.gather(*(_state_of(engine, c.id) for c in listed))
     found: dict[str, ContainerState] = {}
     for state in states:
         if state is None or not state.service:
@@ -264,6 +289,12 @@ async def stop(engine: DockerEngine, container_id: str, grace_seconds: float) ->
     grace = max(0, math.ceil(grace_seconds))
     await engine.call(f"stop container {container_id}",
                       lambda: engine.client.containers.container(container_id).stop(t=grace))
+
+
+async def kill(engine: DockerEngine, container_id: str, signal: str | None = None) -> None:
+    """Sends `signal` (None: the engine's default, SIGKILL); FailedPrecondition if not running."""
+    await engine.call(f"kill container {container_id}",
+                      lambda: engine.client.containers.container(container_id).kill(signal=signal))
 
 
 async def remove(engine: DockerEngine, container_id: str, *, force: bool = False) -> None:

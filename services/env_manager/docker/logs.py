@@ -9,14 +9,14 @@ stream only, sent as plain text.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass
 from typing import Literal
 
 import aiohttp
 
-from .containers import docker_time
+from .containers import docker_time, inspect
 from .engine import DockerEngine
 
 Stream = Literal["stdout", "stderr"]
@@ -38,8 +38,7 @@ async def container_logs(engine: DockerEngine, container_id: str, *, follow: boo
     With `follow` it keeps going until the container stops. Stopping iteration early (aclose,
     or cancelling the consumer) closes the HTTP response, which ends the engine's stream too.
     """
-    info = await engine.call(f"inspect container {container_id}",
-                             lambda: engine.client.containers.container(container_id).show())
+    info = await inspect(engine, container_id)
     tty = bool((info.get("Config") or {}).get("Tty"))
     params = {
         "stdout": "1", "stderr": "1", "timestamps": "1",
@@ -72,6 +71,12 @@ async def container_logs(engine: DockerEngine, container_id: str, *, follow: boo
             for line in lines:
                 # A TTY ends its lines with "\r\n".
                 yield parse_line(stream, line.removesuffix("\r") if tty else line)
+
+
+def follow_output(engine: DockerEngine, container_id: str, stream: Stream) -> AsyncIterator[str]:
+    """One stream of the container's output as aiodocker's followed log gives it: text as it
+    comes (no timestamps, not split into lines), until the container stops."""
+    return engine.client.containers.container(container_id).log(follow=True, **{stream: True})
 
 
 Frames = AsyncGenerator[tuple[Stream, bytes], None]

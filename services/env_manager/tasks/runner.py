@@ -32,6 +32,7 @@ from agent_infra.runtime.errors import AlreadyExists, FailedPrecondition, NotFou
 from agent_infra.runtime.logs import get_logger
 
 from .. import labels
+from ..docker import containers
 from ..docker.engine import DockerEngine
 from .container import (
     NameTaken,
@@ -200,23 +201,20 @@ class TaskRunner:
         self._workload(workload_class)
         filters = self._filters(**{labels.WORKLOAD_CLASS: workload_class})
         filters["status"] = ACTIVE_STATES
-        found = await self.engine.call(
-            "list task containers", lambda: self.engine.client.containers.list(
-                all=True, filters=filters))
-        return len(found)
+        return len(await containers.list_containers(self.engine, filters,
+                                                    what="list task containers"))
 
     async def cancel(self, task_id: str) -> bool:
         """Kill the task's container if it is running; its run then ends and is stored as
         cancelled (so a later ExecuteTask of the id returns that, not a new run)."""
         check_task_id(task_id)
-        found = await self.engine.call(
-            "list task containers", lambda: self.engine.client.containers.list(
-                all=True, filters=self._filters(**{labels.TASK_ID: task_id})))
+        found = await containers.list_containers(
+            self.engine, self._filters(**{labels.TASK_ID: task_id}), what="list task containers")
         killed = False
         for container in found:
             self._cancelled.add(task_id)
             with contextlib.suppress(NotFound, FailedPrecondition):  # it stopped meanwhile
-                await self.engine.call("kill task container", container.kill)
+                await containers.kill(self.engine, container.id)
                 killed = True
         return killed
 
@@ -227,15 +225,13 @@ class TaskRunner:
         waits for the adopted run (or gets its stored result).
         """
         await self._maybe_prune(force=True)
-        found = await self.engine.call(
-            "list task containers", lambda: self.engine.client.containers.list(
-                all=True, filters=self._filters()))
+        found = await containers.list_containers(self.engine, self._filters(),
+                                                 what="list task containers")
         adopted = 0
         for container in found:
-            found_labels = container["Labels"] or {}
-            task_id = found_labels.get(labels.TASK_ID, "")
+            task_id = container.labels.get(labels.TASK_ID, "")
             if task_id and task_id not in self._inflight:
-                self._launch(task_id, found_labels.get(labels.WORKLOAD_CLASS, ""),
+                self._launch(task_id, container.labels.get(labels.WORKLOAD_CLASS, ""),
                              self._adopt(task_id, container.id))
                 adopted += 1
         if adopted:
