@@ -171,8 +171,12 @@ async def start_daemon(
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    stderr: Path | None = None,
 ) -> DaemonProcess:
-    """Start `name` on free loopback ports and return once it has sent READY=1."""
+    """Start `name` on free loopback ports and return once it has sent READY=1.
+
+    Its stdout and stderr go to `log_path` (log_text()), or stderr to its own file `stderr`.
+    """
     grpc_port, http_port = free_port(), free_port()
     notify = NotifyListener()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_PREFIXES)}
@@ -182,9 +186,11 @@ async def start_daemon(
     command = [sys.executable, "-m", MODULES[name], "--grpc-addr", f"127.0.0.1:{grpc_port}",
                "--http-addr", f"127.0.0.1:{http_port}", "--log-format", "json", *args]
     began = time.monotonic()
-    with log_path.open("wb") as log_file:
+    with log_path.open("wb") as log_file, contextlib.ExitStack() as files:
+        err: Any = (files.enter_context(stderr.open("wb")) if stderr is not None
+                    else asyncio.subprocess.STDOUT)
         process = await asyncio.create_subprocess_exec(
-            *command, cwd=REPO, env=child_env, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+            *command, cwd=REPO, env=child_env, stdout=log_file, stderr=err,
             stdin=asyncio.subprocess.DEVNULL,
         )
     daemon = DaemonProcess(name, process, grpc_port, http_port, notify, log_path)

@@ -1,13 +1,16 @@
 """env-manager's runtime plus one slow RPC, for shutdown tests (`python -m tests.slow_daemon`).
 
 `/agent_infra.test.Slow/Sleep` takes the request bytes as a number of seconds, sleeps that long and
-echoes them back. `.../Ticks` streams b"tick" every 50 ms until cancelled.
+echoes them back. `.../Ticks` streams b"tick" every 50 ms until cancelled. `.../Noise` makes the
+standard library log (asyncio's "Task exception was never retrieved", a warnings.warn) and echoes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,12 +35,25 @@ async def _ticks(
         await asyncio.sleep(0.05)
 
 
+async def _noise(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    async def fail() -> None:
+        raise RuntimeError("provoked: nobody retrieves this")
+
+    task = asyncio.get_running_loop().create_task(fail())
+    await asyncio.wait({task})  # waits without retrieving the exception
+    del task  # its last reference: asyncio logs the exception nobody retrieved
+    gc.collect()
+    warnings.warn("provoked: a warning", UserWarning, stacklevel=1)
+    return request
+
+
 class SlowApp(EnvManagerApp):
     def register(self, server: grpc.aio.Server) -> None:
         super().register(server)
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {
             "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
             "Ticks": grpc.unary_stream_rpc_method_handler(_ticks),
+            "Noise": grpc.unary_unary_rpc_method_handler(_noise),
         })])
 
 

@@ -313,6 +313,7 @@ class Daemon(Generic[SettingsT]):
         self._signals += 1
         if self._signals > 1:
             log.warning("forced_exit", signal=signal.Signals(signum).name)
+            logs.flush()  # os._exit skips every clean-up, the log writer's included
             os._exit(FORCED_EXIT)
         log.info("stop_requested", signal=signal.Signals(signum).name)
         self._stop.set()

@@ -1,8 +1,12 @@
-"""structlog set-up: JSON lines when stdout is not a terminal, console output when it is."""
+"""structlog set-up: JSON lines when stdout is not a terminal, console output when it is.
+
+The standard library's records go the same way, so a daemon's log stream has one format.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import sys
@@ -18,55 +22,83 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 # Bumped by every configure_logging(), so loggers bound under an older set-up bind again.
 _generation = 0
+#: Characters of log lines that may wait for the loop's next turn before they are written.
+MAX_PENDING_CHARS = 64 * 1024
 
 
 class _LineWriter:
-    """Where log lines go: a structlog logger writing one line per call to a text stream,
-    flushed once per event-loop turn on the loop's thread.
+    """Where log lines go, ours and the standard library's: a structlog logger that collects
+    lines and writes them to a text stream in one write() per event-loop turn.
 
-    A daemon logs every RPC, and a write syscall per line cost more than formatting it, so on
-    the loop's thread the flush waits for the loop's next turn: the lines of one turn leave in
-    one write, none later than that turn. From other threads, or with no loop bound, each line
-    is flushed at once.
+    A daemon logs every RPC, and a write syscall per line cost more than formatting it. Lines
+    logged on the loop's thread wait for the loop's next turn and leave together, in one write
+    and one flush: whatever the stream's own buffering, PYTHONUNBUFFERED=1 included (with it a
+    text stream writes through at each write() call). At most `max_pending` characters wait: a
+    turn that logs more writes them out at once. From other threads, or with no loop bound,
+    each line is written at once, after any that wait, so the order is kept.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, max_pending: int = MAX_PENDING_CHARS) -> None:
         self._stream = stream
-        self._lock = threading.Lock()
+        self._max_pending = max_pending
+        # Reentrant: a line logged while writing (a warning from the stream) must not deadlock.
+        self._lock = threading.RLock()
+        self._pending: list[str] = []
+        self._pending_chars = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._flush_scheduled = False
 
     def msg(self, message: str) -> None:
+        on_loop = self._loop is not None and threading.get_ident() == self._loop_thread
         with self._lock:
-            self._stream.write(message + "\n")
-        if self._loop is not None and threading.get_ident() == self._loop_thread:
-            if self._flush_scheduled:
+            self._pending.append(message)
+            self._pending_chars += len(message) + 1
+            if on_loop and self._pending_chars < self._max_pending and self._flush_next_turn():
                 return
-            try:
-                self._loop.call_soon(self._scheduled_flush)
-                self._flush_scheduled = True
-                return
-            except RuntimeError:  # the loop is closed: nothing would run the callback
-                pass
-        self.flush()
+            self._write_pending()
 
     # structlog calls the method named after the level.
     debug = info = warning = warn = error = critical = exception = fatal = msg
 
     def flush(self) -> None:
+        """Write what waits, now."""
         with self._lock:
-            self._stream.flush()
+            self._write_pending()
+
+    def _flush_next_turn(self) -> bool:
+        """Whether a flush runs at the loop's next turn (scheduling one if needed)."""
+        if self._flush_scheduled:
+            return True
+        assert self._loop is not None
+        try:
+            self._loop.call_soon(self._scheduled_flush)
+        except RuntimeError:  # the loop is closed: nothing would run the callback
+            return False
+        self._flush_scheduled = True
+        return True
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        self._pending.append("")  # the last line's newline
+        text = "\n".join(self._pending)
+        self._pending = []
+        self._pending_chars = 0
+        self._stream.write(text)
+        self._stream.flush()
 
     def _scheduled_flush(self) -> None:
-        self._flush_scheduled = False
-        self.flush()
+        with self._lock:
+            self._flush_scheduled = False
+            self._write_pending()
 
     def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.flush()
-        self._loop = loop
-        self._loop_thread = threading.get_ident() if loop is not None else None
-        self._flush_scheduled = False
+        with self._lock:
+            self._write_pending()
+            self._loop = loop
+            self._loop_thread = threading.get_ident() if loop is not None else None
+            self._flush_scheduled = False
 
 
 _writer: _LineWriter | None = None
@@ -106,7 +138,12 @@ class _UtcTimestamp:
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """(Re)configure logging; safe to call again on reload."""
+    """(Re)configure logging; safe to call again on reload.
+
+    Records of the standard library's loggers (grpc, aiohttp, asyncio, warnings) are rendered
+    by the same processors and written by the same writer as ours: in JSON mode every line on
+    the stream is one JSON object, with the record's logger name as `logger`.
+    """
     global _generation, _writer
     out = stream or sys.stdout
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
@@ -115,28 +152,59 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
-    processors: list[Any] = [
-        structlog.processors.add_log_level,
-        _UtcTimestamp(),
-        structlog.processors.StackInfoRenderer(),
-    ]
-    if use_json:
-        processors.append(structlog.processors.format_exc_info)
-    processors.append(renderer)
+    timestamper = _UtcTimestamp()
+    shared: list[Any] = [structlog.processors.add_log_level, timestamper,
+                         structlog.processors.StackInfoRenderer()]
+    rendering: list[Any] = [structlog.processors.format_exc_info] if use_json else []
+    rendering.append(renderer)
     previous = _writer
     writer = _writer = _LineWriter(out)
     if previous is not None:
         previous.flush()
         writer.bind(previous._loop)
     structlog.configure(
-        processors=processors,
+        processors=[*shared, *rendering],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=lambda *_: writer,
         cache_logger_on_first_use=False,
     )
     _generation += 1
-    # Libraries (grpc, aiohttp, asyncio) log through the standard library: keep their warnings.
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr, force=True)
+    # Libraries log through the standard library: keep their warnings, in our format.
+    handler = _StdlibHandler(writer)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
+    ))
+    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), handlers=[handler],
+                        force=True)
+    logging.captureWarnings(True)
+
+
+class _StdlibHandler(logging.Handler):
+    """Hands the standard library's records, rendered by structlog, to our line writer."""
+
+    def __init__(self, writer: _LineWriter) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._writer.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+
+def flush() -> None:
+    """Write every waiting log line now (before os._exit, which skips every clean-up)."""
+    if _writer is not None:
+        _writer.flush()
+
+
+# A line logged in the loop's last turn is still written when the interpreter exits normally.
+atexit.register(flush)
 
 
 def bind_to_loop(loop: asyncio.AbstractEventLoop | None) -> None:

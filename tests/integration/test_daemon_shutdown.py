@@ -15,6 +15,7 @@ from tests.daemon_support import (
     DaemonProcess,
     eventually,
     fetch_metrics,
+    log_records,
     running_daemon,
     sample_value,
     start_daemon,
@@ -124,6 +125,9 @@ async def test_second_signal_forces_exit(tmp_path: Path) -> None:
         await channel.close()
         await daemon.stop()
         daemon.notify.close()
+    # os._exit skips every clean-up: the line saying why must be written before it
+    last = log_records(daemon.log_text())[-1]
+    assert last["event"] == "forced_exit" and last["signal"] == "SIGINT", last
 
 
 async def _check(channel: grpc.aio.Channel, token: str | None) -> grpc.StatusCode:

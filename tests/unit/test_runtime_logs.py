@@ -1,14 +1,19 @@
-"""Log set-up: JSON lines, timestamps, flushes once per loop turn, reconfiguration."""
+"""Log set-up: JSON lines, timestamps, one write per loop turn, library records, reconfiguration."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from agent_infra.runtime import logs
@@ -112,3 +117,113 @@ def test_a_logger_made_before_reconfiguration_follows_the_new_level(
     log.info("dropped")
     log.warning("kept_too")
     assert [line["event"] for line in lines(out)] == ["kept", "kept_too"]
+
+
+# --- write() calls, whatever the stream's buffering ----------------------------------------------
+
+
+class CountingRaw(io.RawIOBase):
+    """A file that counts the write() calls it gets (each would be one syscall)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+@pytest.fixture
+def unbuffered() -> Iterator[CountingRaw]:
+    """Our logging on a stream like stdout under PYTHONUNBUFFERED=1: a text layer that writes
+    through to the file at every write() call."""
+    raw = CountingRaw()
+    # (typeshed wants a buffered file under TextIOWrapper; under -u CPython gives it a raw one)
+    text = io.TextIOWrapper(cast(Any, raw), write_through=True)
+    logs.configure_logging("info", "json", stream=text)
+    try:
+        yield raw
+    finally:
+        logs.bind_to_loop(None)
+        logs.configure_logging("info", "json", stream=io.StringIO())
+
+
+def test_pythonunbuffered_makes_stdout_write_through_to_the_file() -> None:
+    code = "import sys; print(type(sys.stdout.buffer).__name__, sys.stdout.write_through)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=True, timeout=60)
+    assert result.stdout.split() == ["FileIO", "True"]
+
+
+async def test_a_turn_of_lines_is_one_write_under_pythonunbuffered(
+        unbuffered: CountingRaw) -> None:
+    logs.bind_to_loop(asyncio.get_running_loop())
+    log = logs.get_logger("test")
+    for number in range(200):
+        log.info("line", number=number)
+    assert unbuffered.writes == []
+    await asyncio.sleep(0)
+    (written,) = unbuffered.writes
+    assert [json.loads(line)["number"] for line in written.decode().splitlines()] == list(
+        range(200))
+
+
+async def test_the_lines_that_wait_are_bounded(unbuffered: CountingRaw) -> None:
+    logs.bind_to_loop(asyncio.get_running_loop())
+    log = logs.get_logger("test")
+    for number in range(1000):
+        log.info("line", number=number, padding="x" * 200)
+    await asyncio.sleep(0)
+    text = b"".join(unbuffered.writes).decode()
+    assert [json.loads(line)["number"] for line in text.splitlines()] == list(range(1000))
+    longest = max(len(line) + 1 for line in text.splitlines())
+    assert all(len(chunk) < logs.MAX_PENDING_CHARS + longest for chunk in unbuffered.writes)
+    assert len(unbuffered.writes) <= len(text) // logs.MAX_PENDING_CHARS + 1
+
+
+def test_flush_writes_what_waits(unbuffered: CountingRaw) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        logs.bind_to_loop(loop)
+        logs.get_logger("test").warning("last_words")
+        assert unbuffered.writes == []
+        logs.flush()
+        (written,) = unbuffered.writes
+        assert json.loads(written)["event"] == "last_words"
+    finally:
+        logs.bind_to_loop(None)
+        loop.close()
+
+
+# --- the standard library's records ---------------------------------------------------------------
+
+
+def test_library_records_are_json_lines_on_our_stream(out: CountingStream) -> None:
+    library = logging.getLogger("aiohttp.server")
+    library.info("dropped: libraries log warnings and up")
+    try:
+        raise ValueError("bad request")
+    except ValueError:
+        library.exception("Error handling request from %s", "127.0.0.1")
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.warning("careful")
+    error, warning = lines(out)
+    assert error["event"] == "Error handling request from 127.0.0.1"
+    assert error["logger"] == "aiohttp.server" and error["level"] == "error"
+    assert "ValueError: bad request" in str(error["exception"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", str(error["timestamp"]))
+    assert warning["logger"] == "py.warnings" and warning["level"] == "warning"
+
+
+async def test_library_records_on_the_loop_share_its_write(unbuffered: CountingRaw) -> None:
+    logs.bind_to_loop(asyncio.get_running_loop())
+    logs.get_logger("test").info("ours")
+    logging.getLogger("asyncio").error("theirs")
+    await asyncio.sleep(0)
+    (written,) = unbuffered.writes
+    assert [json.loads(line)["event"] for line in written.decode().splitlines()] == [
+        "ours", "theirs"]
