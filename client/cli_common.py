@@ -33,6 +33,7 @@ __all__ = [
     "OperationFailed",
     "UsageError",
     "add_command",
+    "add_command_group",
     "add_global_options",
     "parse_assignments",
     "parse_since",
@@ -120,12 +121,26 @@ def add_command(subparsers: Any, name: str, func: Command, *, help: str,
     parser: argparse.ArgumentParser = subparsers.add_parser(
         name, help=help, aliases=list(aliases),
         description=textwrap.dedent(description or help).strip(),
-        epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "),
-        formatter_class=HelpFormatter,
+        epilog=_examples_epilog(examples), formatter_class=HelpFormatter,
     )
     add_global_options(parser, suppress=True)
     parser.set_defaults(func=func)
     return parser
+
+
+def add_command_group(subparsers: Any, name: str, *, help: str, description: str,
+                      examples: str) -> Any:
+    """A command whose own sub-commands (`agent-infra NAME COMMAND`) are added to the returned
+    subparsers; COMMAND is stored as `NAME_command`."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help, description=description, epilog=_examples_epilog(examples),
+        formatter_class=HelpFormatter,
+    )
+    return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+
+def _examples_epilog(examples: str) -> str:
+    return "examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  ")
 
 
 # --- the context a command runs with ------------------------------------------------------------

@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -30,6 +30,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
     TaskID,
     TaskProgressColumn,
@@ -48,6 +49,7 @@ __all__ = [
     "WorkflowDisplay",
     "format_bytes",
     "format_duration_ms",
+    "format_span",
     "format_time",
     "format_when",
     "to_jsonable",
@@ -104,9 +106,18 @@ def format_duration_ms(ms: float | int | None) -> str:
         return f"{float(ms):.0f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s"
+    return format_span(int(seconds), days=False)
+
+
+def format_span(seconds: int, *, days: bool = True) -> str:
+    """Whole seconds as ``45s``, ``4m05s``, ``2h03m`` and, with `days`, ``3d04h``."""
+    if seconds < 60:
+        return f"{seconds}s"
     if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400 or not days:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 def format_bytes(count: float | int) -> str:
@@ -301,26 +312,23 @@ class StartDisplay:
         return Group(self._progress, table)
 
 
-class PullDisplay:
-    """Progress of PullImages: a bar per image on a terminal; status changes as lines when piped."""
+class _ProgressDisplay:
+    """Rich progress bars on a terminal (None otherwise), shown while used as a context manager:
+    a spinner, the task's description and a bar, then the display's own `columns`."""
 
-    def __init__(self, out: Output) -> None:
+    def __init__(self, out: Output, *columns: ProgressColumn | str) -> None:
         self.out = out
-        self.last: dict[str, ImagePullProgress] = {}
-        self._tasks: dict[str, TaskID] = {}
         self._progress: Progress | None = None
         if out.rich:
             self._progress = Progress(
                 SpinnerColumn(finished_text=" "),
                 TextColumn("[bold]{task.description}"),
                 BarColumn(bar_width=30),
-                TaskProgressColumn(),
-                DownloadColumn(),
-                TextColumn("{task.fields[status]}"),
+                *columns,
                 console=out.console,
             )
 
-    def __enter__(self) -> PullDisplay:
+    def __enter__(self) -> Self:
         if self._progress is not None:
             self._progress.start()
         return self
@@ -328,6 +336,16 @@ class PullDisplay:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class PullDisplay(_ProgressDisplay):
+    """Progress of PullImages: a bar per image on a terminal; status changes as lines when piped."""
+
+    def __init__(self, out: Output) -> None:
+        super().__init__(out, TaskProgressColumn(), DownloadColumn(),
+                         TextColumn("{task.fields[status]}"))
+        self.last: dict[str, ImagePullProgress] = {}
+        self._tasks: dict[str, TaskID] = {}
 
     def update(self, item: ImagePullProgress) -> None:
         previous = self.last.get(item.image_name)
@@ -360,35 +378,17 @@ class PullDisplay:
         return sorted(name for name, item in self.last.items() if item.status != "complete")
 
 
-class WorkflowDisplay:
+class WorkflowDisplay(_ProgressDisplay):
     """A workflow run's progress: steps done out of total, the running step, the state."""
 
     def __init__(self, out: Output, run_id: str) -> None:
-        self.out = out
+        super().__init__(out, MofNCompleteColumn(), TextColumn("{task.fields[state]}"),
+                         TimeElapsedColumn())
         self.run_id = run_id
-        self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last_line = ""
-        if out.rich:
-            self._progress = Progress(
-                SpinnerColumn(finished_text=" "),
-                TextColumn("[bold]{task.description}"),
-                BarColumn(bar_width=30),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[state]}"),
-                TimeElapsedColumn(),
-                console=out.console,
-            )
+        if self._progress is not None:
             self._task = self._progress.add_task(f"run {run_id}", total=None, state="")
-
-    def __enter__(self) -> WorkflowDisplay:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
     def update(self, status: Any) -> None:
         if self.out.json_mode:

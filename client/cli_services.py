@@ -4,7 +4,6 @@ services start|stop|restart|logs, pull.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import time
@@ -19,11 +18,12 @@ from .cli_common import (
     Context,
     UsageError,
     add_command,
+    add_command_group,
     non_negative_int,
     parse_since,
     require_file,
 )
-from .cli_output import PullDisplay, StartDisplay, format_bytes, to_jsonable
+from .cli_output import PullDisplay, StartDisplay, format_bytes, format_span, to_jsonable
 from .env_manager import ENV_MANAGER, EnvManagerClient
 from .env_manager_models import ServiceStatus
 from .errors import InfraError, InfraUnavailable
@@ -97,13 +97,12 @@ def register(subparsers: Any) -> None:
             agent-infra health
             agent-infra --orchestrator 10.0.0.5:50052 health --json""")
 
-    services = subparsers.add_parser(
-        "services", help="start, stop, restart services or show their logs",
+    commands = add_command_group(
+        subparsers, "services", help="start, stop, restart services or show their logs",
         description="Control individual services of the stack.",
-        epilog="examples:\n  agent-infra services start api\n  agent-infra services logs -f api",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = services.add_subparsers(dest="services_command", metavar="COMMAND",
-                                       required=True)
+        examples="""
+            agent-infra services start api
+            agent-infra services logs -f api""")
     start = add_command(
         commands, "start", cmd_services_start,
         help="start services (default: all) and their dependencies, with progress",
@@ -280,16 +279,7 @@ def health_summary(status: ServiceStatus) -> str:
 
 
 def _uptime(started_at: int) -> str:
-    if not started_at:
-        return "-"
-    seconds = max(0, int(time.time()) - started_at)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    return format_span(max(0, int(time.time()) - started_at)) if started_at else "-"
 
 
 QUEUE_FIGURES = ("queue_depth", "running", "completed", "failed", "cancelled")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ from .cli_common import (
     Context,
     OperationFailed,
     add_command,
+    add_command_group,
     parse_assignments,
     read_text,
 )
@@ -32,14 +32,12 @@ SPEC_EXAMPLE = """\
 
 
 def register(subparsers: Any) -> None:
-    workflow = subparsers.add_parser(
-        "workflow", help="create, run, watch and list workflows (DAGs of tasks)",
+    commands = add_command_group(
+        subparsers, "workflow", help="create, run, watch and list workflows (DAGs of tasks)",
         description="Workflows: a DAG of steps, each a task.",
-        epilog="examples:\n  agent-infra workflow create etl etl.json\n"
-               "  agent-infra workflow run etl --input url=https://example.org --watch",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = workflow.add_subparsers(dest="workflow_command", metavar="COMMAND",
-                                       required=True)
+        examples="""
+            agent-infra workflow create etl etl.json
+            agent-infra workflow run etl --input url=https://example.org --watch""")
 
     create = add_command(
         commands, "create", cmd_create,
