@@ -8,7 +8,7 @@ values where they are JSON (see `client._payload.decode_value`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ._payload import decode_payload
 
@@ -44,8 +44,8 @@ class SubmitResult:
 
 
 @dataclass(frozen=True)
-class TaskStatus:
-    """A task's current state (GetTaskStatus)."""
+class _TaskFacts:
+    """What GetTaskStatus and each item of StreamTaskResults say about a task."""
 
     task_id: str
     #: pending, running, completed, failed or cancelled.
@@ -73,46 +73,23 @@ class TaskStatus:
         """True once the task is completed, failed or cancelled."""
         return self.status in TERMINAL_STATUSES
 
+
+@dataclass(frozen=True)
+class TaskStatus(_TaskFacts):
+    """A task's current state (GetTaskStatus)."""
+
     @property
     def succeeded(self) -> bool:
         return self.status == "completed"
 
 
 @dataclass(frozen=True)
-class TaskResult:
+class TaskResult(_TaskFacts):
     """One item of StreamTaskResults: a task's state when the stream starts, then each change."""
-
-    task_id: str
-    status: str
-    result: dict[str, str]
-    error: str
-    duration_ms: float
-    completed_at: int
-    attempts: int = 0
-    task_class: str = ""
-    priority: int = 0
-    workflow_id: str = ""
-    submitted_at: int = 0
-    started_at: int = 0
-
-    @property
-    def decoded_result(self) -> dict[str, object]:
-        """`result` with JSON values decoded."""
-        return decode_payload(self.result)
-
-    @property
-    def finished(self) -> bool:
-        """True once the task is completed, failed or cancelled."""
-        return self.status in TERMINAL_STATUSES
 
     def as_status(self) -> TaskStatus:
         """The same facts as GetTaskStatus would give, without another call."""
-        return TaskStatus(
-            task_id=self.task_id, status=self.status, result=self.result, error=self.error,
-            attempts=self.attempts, task_class=self.task_class, priority=self.priority,
-            workflow_id=self.workflow_id, submitted_at=self.submitted_at,
-            started_at=self.started_at, completed_at=self.completed_at,
-            duration_ms=self.duration_ms)
+        return TaskStatus(**{f.name: getattr(self, f.name) for f in fields(_TaskFacts)})
 
 
 @dataclass(frozen=True)

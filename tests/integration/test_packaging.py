@@ -1,0 +1,217 @@
+"""The built wheel, installed where a checkout cannot help: one import name, stubs, scripts.
+
+The package-dir mapping in pyproject.toml installs services/ as `agent_infra` and client/ as
+`agent_infra.client`, with every package listed by hand. A checkout hides mistakes there (the
+repo root is on sys.path in tests, the editable install links the tree), so these tests build the
+wheel from a copy of the sources and install it into a fresh venv in a temp directory that holds
+an agent project's own `client.py` and `services/` package: imports, type information and the
+console scripts must work from the wheel alone, and the project's own modules must win.
+
+Fast and offline: the wheel goes in with --no-deps, and its dependencies come from this venv's
+site-packages through a .pth file. Only site-packages' own .pth files are processed, so this
+venv's editable install of agent_infra (itself a .pth file) does not leak in. On a slow 2-core
+machine building and installing takes about 30 s, hence the generous timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
+PACKAGES: list[str] = SETUPTOOLS["packages"]
+PACKAGE_DIRS: dict[str, str] = SETUPTOOLS["package-dir"]
+SCRIPTS = sorted(PYPROJECT["project"]["scripts"])
+STEP_TIMEOUT_S = 300.0
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def source_dir(package: str) -> Path:
+    """Where `package` lives in the checkout, by the package-dir mapping (longest prefix)."""
+    parts = package.split(".")
+    for cut in range(len(parts), 0, -1):
+        mapped = PACKAGE_DIRS.get(".".join(parts[:cut]))
+        if mapped is not None:
+            return REPO / mapped / Path(*parts[cut:])
+    return REPO / Path(*parts)
+
+
+def package_of(directory: Path) -> str | None:
+    """The import name of a checkout directory, by the package-dir mapping; None if unmapped."""
+    best: tuple[int, str] | None = None
+    for name, mapped in PACKAGE_DIRS.items():
+        root = REPO / mapped
+        if directory == root or root in directory.parents:
+            depth = len(root.parts)
+            if best is None or depth > best[0]:
+                rest = directory.relative_to(root).parts
+                best = (depth, ".".join((name, *rest)))
+    return best[1] if best else None
+
+
+def checkout_packages() -> set[str]:
+    """Every directory with an __init__.py below the mapped roots, as an import name."""
+    found: set[str] = set()
+    for mapped in PACKAGE_DIRS.values():
+        for init in (REPO / mapped).rglob("__init__.py"):
+            name = package_of(init.parent)
+            assert name is not None
+            found.add(name)
+    return found
+
+
+def test_packages_list_names_every_package_in_the_checkout() -> None:
+    """A subpackage missing from [tool.setuptools] packages is missing from the wheel."""
+    listed = set(PACKAGES)
+    assert checkout_packages() - listed == set(), "add these to [tool.setuptools] packages"
+    assert listed - checkout_packages() == set(), "listed but no such package in the checkout"
+    for package in PACKAGES:
+        assert (source_dir(package) / "__init__.py").is_file(), package
+
+
+# --- the wheel, installed in a fresh venv --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Installed:
+    wheel: Path
+    venv: Path
+    project: Path  # the agent project: its own client.py and services/, and the cwd
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    def run(self, *argv: str | Path) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+        env["PYTHONNOUSERSITE"] = "1"
+        return subprocess.run([str(arg) for arg in argv], cwd=self.project, env=env,
+                              capture_output=True, text=True, timeout=STEP_TIMEOUT_S,
+                              check=False)
+
+
+def run_checked(*argv: str | Path, cwd: Path) -> None:
+    done = subprocess.run([str(arg) for arg in argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=STEP_TIMEOUT_S, check=False)
+    assert done.returncode == 0, f"{' '.join(map(str, argv))}:\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    root = tmp_path_factory.mktemp("packaging")
+    # Built from a copy: an in-tree build would write build/ and *.egg-info into the checkout,
+    # where the editable install and other test runs live.
+    source = root / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for mapped in sorted(set(PACKAGE_DIRS.values())):
+        shutil.copytree(REPO / mapped, source / mapped,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    dist = root / "dist"
+    run_checked(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                "--disable-pip-version-check", "--no-cache-dir", "-q", "-w", dist, source,
+                cwd=root)
+    (wheel,) = dist.glob("agent_infra-*.whl")
+
+    venv = root / "venv"
+    run_checked(sys.executable, "-m", "venv", "--without-pip", venv, cwd=root)
+    python = venv / "bin" / "python"
+    run_checked(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
+                "--no-index", "--disable-pip-version-check", "-q", wheel, cwd=root)
+    site = Path(subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, check=True, timeout=STEP_TIMEOUT_S).stdout.strip())
+    ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (site / "_agent_infra_test_deps.pth").write_text("".join(f"{path}\n" for path in ours))
+
+    project = root / "project"
+    (project / "services").mkdir(parents=True)
+    (project / "client.py").write_text('WHOSE = "the project\'s own client.py"\n')
+    (project / "services" / "__init__.py").write_text('WHOSE = "the project\'s own services"\n')
+    return Installed(wheel, venv, project)
+
+
+def test_wheel_holds_one_import_name_with_its_stubs_and_markers(installed: Installed) -> None:
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        names = set(wheel.namelist())
+    tops = {name.split("/", 1)[0] for name in names}
+    assert {top for top in tops if not top.endswith((".dist-info", ".data"))} == {"agent_infra"}
+    assert "agent_infra/py.typed" in names
+    # read at run time by lazy_loader.attach_stub, and by type checkers
+    assert "agent_infra/client/__init__.pyi" in names
+    stubs = sorted(path.name for path in (REPO / "services" / "wire").glob("*.pyi"))
+    assert stubs, "services/wire holds no .pyi stubs"
+    missing = [stub for stub in stubs if f"agent_infra/wire/{stub}" not in names]
+    assert missing == [], f"wire stubs missing from the wheel: {missing}"
+    # Every module of the checkout is in the wheel, where the mapping says it goes.
+    expected = set()
+    for package in PACKAGES:
+        for module in source_dir(package).glob("*.py"):
+            expected.add("/".join((*package.split("."), module.name)))
+    assert sorted(expected - names) == []
+
+
+def test_wheel_imports_from_a_project_with_its_own_client_and_services(
+        installed: Installed) -> None:
+    check = f"""
+import importlib, sys
+from pathlib import Path
+
+import agent_infra
+from agent_infra import AgentInfra
+from agent_infra.client import EnvManagerClient, OrchestratorClient
+
+venv = Path({str(installed.venv)!r}).resolve()
+assert venv in Path(agent_infra.__file__).resolve().parents, agent_infra.__file__
+assert AgentInfra.__module__ == "agent_infra.client.infra", AgentInfra.__module__
+for package in {PACKAGES!r}:
+    module = importlib.import_module(package)
+    assert venv in Path(module.__file__).resolve().parents, (package, module.__file__)
+assert set(agent_infra.client.__all__) >= {{"AgentInfra", "EnvManagerClient", "TaskStatus"}}
+
+import client
+import services
+assert client.WHOSE == "the project's own client.py", client.__file__
+assert services.WHOSE == "the project's own services", services.__file__
+print("ok")
+"""
+    done = installed.run(installed.python, "-c", check)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("ok")
+
+
+def test_daemon_loads_only_the_client_it_uses(installed: Installed) -> None:
+    """agent_infra.client's exports load on first use: the orchestrator imports EnvManagerClient
+    through it, and must not pay for AgentInfra, the launcher or the CLI at start-up."""
+    check = """
+import sys
+import agent_infra.orchestrator.main
+assert "agent_infra.client.env_manager" in sys.modules
+heavy = [name for name in sys.modules if name.startswith(("agent_infra.client.infra",
+         "agent_infra.client._launcher", "agent_infra.client.shared", "agent_infra.client.cli"))]
+assert heavy == [], heavy
+print("ok")
+"""
+    done = installed.run(installed.python, "-c", check)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_console_script_from_the_wheel_runs(installed: Installed, script: str) -> None:
+    done = installed.run(installed.venv / "bin" / script, "--help")
+    assert done.returncode == 0, f"{script} --help exited {done.returncode}:\n{done.stderr}"
+    assert "usage" in done.stdout.lower()
