@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 from agent_infra.runtime import DaemonApp, DaemonContext, package_version
@@ -21,14 +20,14 @@ SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService
 HEALTH_INTERVAL = 5.0
 
 
-class OrchestratorApp(DaemonApp):
+class OrchestratorApp(DaemonApp[OrchestratorSettings]):
     service_names = (SERVICE_NAME,)
     health_interval = HEALTH_INTERVAL
 
     def __init__(self, settings: OrchestratorSettings) -> None:
         self._settings = settings
         self._orchestrator: Orchestrator | None = None
-        self._context: DaemonContext | None = None
+        self._context: DaemonContext[OrchestratorSettings] | None = None
 
     def _domain(self) -> Orchestrator:
         assert self._orchestrator is not None, "RPCs are served only after start()"
@@ -44,7 +43,7 @@ class OrchestratorApp(DaemonApp):
 
         return queue_routes(self._domain, authorize)
 
-    async def start(self, context: DaemonContext) -> None:
+    async def start(self, context: DaemonContext[OrchestratorSettings]) -> None:
         self._context = context
         self._orchestrator = await Orchestrator.open(self._settings, context.registry)
 
@@ -62,8 +61,7 @@ class OrchestratorApp(DaemonApp):
         # (each endpoint), "slurm" (with [slurm] enabled).
         return {name: state == "SERVING" for name, state in (await self._domain().health()).items()}
 
-    async def reload(self, settings: Any) -> None:
-        assert isinstance(settings, OrchestratorSettings)
+    async def reload(self, settings: OrchestratorSettings) -> None:
         self._settings = settings
         self._domain().reconfigure(settings)
 
