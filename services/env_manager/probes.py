@@ -45,10 +45,8 @@ async def probe(engine: DockerEngine, spec: ServiceSpec, state: ContainerState) 
         return ProbeResult(True, "running (no health check)",
                            {"type": kind, "target": state.name, "latency_ms": "0"})
     started = time.monotonic()
-    if check.type == "tcp":
-        healthy, message, target, extra = await _tcp(spec, check)
-    elif check.type == "http":
-        healthy, message, target, extra = await _http(spec, check)
+    if check.type in ("tcp", "http"):
+        healthy, message, target, extra = await _published(spec, check)
     elif check.type == "exec":
         healthy, message, target, extra = await _exec(engine, state, check)
     else:
@@ -61,18 +59,19 @@ async def probe(engine: DockerEngine, spec: ServiceSpec, state: ContainerState) 
 Outcome = tuple[bool, str, str, dict[str, str]]  # healthy, message, target, extra details
 
 
-def _host_port(spec: ServiceSpec, check: HealthCheck) -> int | None:
+async def _published(spec: ServiceSpec, check: HealthCheck) -> Outcome:
+    """tcp or http, to the host port that publishes the check's container port."""
     assert check.port is not None  # the spec validated it for tcp and http
     try:
-        return spec.host_port_for(check.port)
+        port = spec.host_port_for(check.port)
     except KeyError:
-        return None
-
-
-async def _tcp(spec: ServiceSpec, check: HealthCheck) -> Outcome:
-    port = _host_port(spec, check)
-    if port is None:
         return False, f"container port {check.port} is not published", "", {}
+    if check.type == "tcp":
+        return await _tcp(spec, check, port)
+    return await _http(check, port)
+
+
+async def _tcp(spec: ServiceSpec, check: HealthCheck, port: int) -> Outcome:
     target = f"{PROBE_HOST}:{port}"
     try:
         async with asyncio.timeout(check.timeout):
@@ -101,10 +100,7 @@ async def _closed_at_once(reader: asyncio.StreamReader, timeout: float) -> bool:
         return True  # reset
 
 
-async def _http(spec: ServiceSpec, check: HealthCheck) -> Outcome:
-    port = _host_port(spec, check)
-    if port is None:
-        return False, f"container port {check.port} is not published", "", {}
+async def _http(check: HealthCheck, port: int) -> Outcome:
     url = f"http://{PROBE_HOST}:{port}{check.path}"
     # A fresh connection per probe (a pooled one could outlive the server), no proxies from
     # the environment, and no redirects: probe traffic stays on 127.0.0.1.

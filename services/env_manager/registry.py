@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
 from typing import Annotated, Any, Literal, Self
 
 from agent_infra.runtime import Duration, Section
@@ -298,31 +299,38 @@ class Registry:
 
 
 def _topological_order(services: Mapping[str, ServiceSpec]) -> list[str]:
+    """Every service after its dependencies: depth first, names and dependencies sorted."""
+    graph = {name: sorted(services[name].depends_on) for name in sorted(services)}
+    # Edges from each service to its dependencies, names and edges added in sorted order:
+    # graphlib then searches depth first as this order does, and names the first cycle met,
+    # in depends_on order.
+    sorter: TopologicalSorter[str] = TopologicalSorter()
+    for name in graph:
+        sorter.add(name)
+    for name, dependencies in graph.items():
+        for dependency in dependencies:
+            sorter.add(dependency, name)
+    try:
+        sorter.prepare()
+    except CycleError as exc:
+        cycle: list[str] = exc.args[1]
+        raise ValueError(f"services.{cycle[-2]}.depends_on: dependency cycle "
+                         f"{' -> '.join(cycle)}") from None
     order: list[str] = []
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    for root in sorted(services):
-        stack: list[tuple[str, list[str]]] = [(root, sorted(services[root].depends_on))]
-        if state.get(root) == 2:
-            continue
-        state[root] = 1
-        path = [root]
+    placed: set[str] = set()
+    for root in graph:
+        # Acyclic now, so a service is placed once the last of its dependencies is.
+        stack = [(root, iter(graph[root]))]
         while stack:
             name, pending = stack[-1]
-            if not pending:
-                stack.pop()
-                path.pop()
-                state[name] = 2
-                order.append(name)
+            dep = next((d for d in pending if d not in placed), None)
+            if dep is not None:
+                stack.append((dep, iter(graph[dep])))
                 continue
-            dep = pending.pop(0)
-            if state.get(dep) == 1:
-                cycle = [*path[path.index(dep):], dep]
-                raise ValueError(f"services.{name}.depends_on: dependency cycle "
-                                 f"{' -> '.join(cycle)}")
-            if state.get(dep) is None:
-                state[dep] = 1
-                path.append(dep)
-                stack.append((dep, sorted(services[dep].depends_on)))
+            stack.pop()
+            if name not in placed:
+                placed.add(name)
+                order.append(name)
     return order
 
 

@@ -1,8 +1,10 @@
-"""Service containers: create one from a ServiceSpec, find ours again, run their lifecycle.
+"""Containers: create, inspect, list, start, stop, kill, wait, remove, stats and exec.
 
-A service container is named "<stack>-<service>" and labelled with the stack, the service and the
-spec's config hash, so a restarted env-manager finds and adopts what it started. Nothing here
-pulls an image: a missing image is NotFound and PullImages is the one place that pulls.
+The engine calls for every container env-manager runs, services and tasks alike (the task
+containers' own create body is tasks/container.py's). A service container is named
+"<stack>-<service>" and labelled with the stack, the service and the spec's config hash, so a
+restarted env-manager finds and adopts what it started. Nothing here pulls an image: a missing
+image is MissingImage (a NotFound) and PullImages is the one place that pulls.
 """
 
 from __future__ import annotations
