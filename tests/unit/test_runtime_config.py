@@ -12,9 +12,7 @@ from agent_infra.runtime.config import build_arg_parser, load_config
 
 def load(argv: list[str], environ: dict[str, str]) -> EnvManagerSettings:
     args = build_arg_parser(SPEC).parse_args(argv)
-    settings = load_config(SPEC, args, environ).settings
-    assert isinstance(settings, EnvManagerSettings)
-    return settings
+    return load_config(SPEC, args, environ).settings
 
 
 def test_defaults_are_loopback_and_original_ports() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from agent_infra.client.cli_common import UsageError, parse_since
-from agent_infra.env_manager.settings import SPEC, EnvManagerSettings
+from agent_infra.env_manager.settings import SPEC
 from agent_infra.runtime.config import build_arg_parser, load_config
 from agent_infra.runtime.parsing import TRUTHY, parse_duration, truthy
 
@@ -40,7 +40,6 @@ def test_daemon_config_takes_days(tmp_path: Path) -> None:
     config.write_text('[tasks]\nretention = "1d"\n[server]\nshutdown_grace = "1m30s"\n')
     args = build_arg_parser(SPEC).parse_args(["--config", str(config)])
     settings = load_config(SPEC, args, {}).settings
-    assert isinstance(settings, EnvManagerSettings)
     assert settings.tasks.retention == 86400.0
     assert settings.server.shutdown_grace == 90.0
 
