@@ -149,11 +149,11 @@ class Scheduler:
     def _validated(self, request: TaskRequest) -> TaskRequest:
         if not request.id:
             request = replace(request, id=f"task-{uuid.uuid4().hex}")
-        if not request.task_class:
-            request = replace(request, task_class=DEFAULT_CLASS)
         elif not TASK_ID_PATTERN.fullmatch(request.id):
             raise InvalidArgument("id must be 1-128 characters of letters, digits and - _ . : ; "
                                   f"got {request.id!r:.140}")
+        if not request.task_class:
+            request = replace(request, task_class=DEFAULT_CLASS)
         if request.task_class not in self._queues:
             raise InvalidArgument(f"class {request.task_class!r:.40} is unknown; known classes: "
                                   f"{', '.join(sorted(self._queues))}")
