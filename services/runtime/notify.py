@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Mapping
 
+from . import logs
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -37,6 +38,9 @@ class SystemdNotifier:
     def send(self, **fields: str) -> None:
         if not self._address:
             return
+        # Lines logged before a state change are on the log stream before systemd (or a test
+        # reading the log on READY=1) hears of it, although the writer batches per loop turn.
+        logs.flush()
         message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
