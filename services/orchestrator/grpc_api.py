@@ -41,12 +41,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if not request.task_id:
             raise InvalidArgument("task_id is required")
         task = await self._get().scheduler.get(request.task_id)
-        return pb.GetTaskStatusResponse(
-            task_id=task.id, status=task.status.value, result=task.result, error=task.error,
-            attempts=task.attempts, task_class=task.task_class, priority=task.priority,
-            workflow_id=task.workflow_id, submitted_at=int(task.submitted_at),
-            started_at=int(task.started_at), completed_at=int(task.finished_at),
-            duration_ms=task.duration_ms)
+        return pb.GetTaskStatusResponse(**_task_fields(task))
 
     async def StreamTaskResults(self, request: pb.StreamTaskResultsRequest, context: Context
                                 ) -> AsyncIterator[pb.TaskResult]:
@@ -126,13 +121,19 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             version=self._version, services=services)
 
 
+def _task_fields(task: Task) -> dict[str, Any]:
+    """A task as GetTaskStatusResponse and TaskResult both carry it (the same field names)."""
+    return {
+        "task_id": task.id, "status": task.status.value, "result": task.result,
+        "error": task.error, "attempts": task.attempts, "task_class": task.task_class,
+        "priority": task.priority, "workflow_id": task.workflow_id,
+        "submitted_at": int(task.submitted_at), "started_at": int(task.started_at),
+        "completed_at": int(task.finished_at), "duration_ms": task.duration_ms,
+    }
+
+
 def _task_result(task: Task) -> pb.TaskResult:
-    return pb.TaskResult(
-        task_id=task.id, status=task.status.value, result=task.result, error=task.error,
-        duration_ms=task.duration_ms, completed_at=int(task.finished_at),
-        attempts=task.attempts, task_class=task.task_class, priority=task.priority,
-        workflow_id=task.workflow_id, submitted_at=int(task.submitted_at),
-        started_at=int(task.started_at))
+    return pb.TaskResult(**_task_fields(task))
 
 
 def _run_update(run: Run) -> pb.WorkflowStatusUpdate:

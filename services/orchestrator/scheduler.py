@@ -301,20 +301,12 @@ class Scheduler:
         self._notify(task)
 
     def _timeout(self, task: Task) -> int:
-        if task.timeout_seconds > 0:
-            return task.timeout_seconds
-        text = task.payload.get("timeout_seconds", "").strip()
-        if text.isdigit() and int(text) > 0:
-            return int(text)
-        return int(self._queues[task.task_class].settings.default_timeout)
+        return _task_setting(task, task.timeout_seconds, "timeout_seconds",
+                             int(self._queues[task.task_class].settings.default_timeout))
 
     def _max_attempts(self, task: Task) -> int:
-        if task.max_attempts > 0:
-            return task.max_attempts
-        text = task.payload.get("max_attempts", "").strip()
-        if text.isdigit() and int(text) > 0:
-            return int(text)
-        return self._queues[task.task_class].settings.max_attempts
+        return _task_setting(task, task.max_attempts, "max_attempts",
+                             self._queues[task.task_class].settings.max_attempts)
 
     def _notify(self, task: Task) -> None:
         if not self.listeners:
@@ -322,6 +314,16 @@ class Scheduler:
         snapshot = task.snapshot()
         for listener in self.listeners:
             listener(snapshot)
+
+
+def _task_setting(task: Task, requested: int, control_key: str, class_default: int) -> int:
+    """The request's own value when set, else the payload's control key's, else the class's."""
+    if requested > 0:
+        return requested
+    text = task.payload.get(control_key, "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    return class_default
 
 
 def _dispatch_payload(payload: Mapping[str, str]) -> dict[str, str]:

@@ -47,7 +47,7 @@ from agent_infra.runtime.logs import get_logger
 
 from ..model import DEFAULT_CLASS
 from ..settings import EnvManagerEndpoint
-from .protocol import Execution, ExecutionOutcome, TransientFailure
+from .protocol import Execution, ExecutionOutcome, TransientFailure, wait_until_reachable
 
 log = get_logger("dispatch")
 
@@ -195,15 +195,9 @@ class EnvManagerExecutor:
 
     async def wait_until_available(self, task_class: str) -> None:
         """While env-manager is unreachable, hold dispatching (tasks wait, queued) and re-check."""
-        while not self._reachable.is_set():
-            if await self._any_answers():
-                self._reachable.set()
-                log.info("env_manager_back")
-                return
-            try:
-                await asyncio.wait_for(self._reachable.wait(), self._recheck_interval)
-            except TimeoutError:
-                continue
+        if await wait_until_reachable(self._reachable, self._any_answers,
+                                      lambda: self._recheck_interval):
+            log.info("env_manager_back")
 
     async def _any_answers(self) -> bool:
         states = await self.health()

@@ -7,7 +7,8 @@ DomainError (the task can never run as given: it fails with that message).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,3 +51,19 @@ class Executor(Protocol):
         """Each backend's state, for the Health RPC ("SERVING" or why not)."""
 
     async def close(self) -> None: ...
+
+
+async def wait_until_reachable(reachable: asyncio.Event, answers: Callable[[], Awaitable[bool]],
+                               interval: Callable[[], float]) -> bool:
+    """For an executor's wait_until_available: while `reachable` is clear, ask `answers()` every
+    `interval()` s (or sooner, when something else sets it) and set it once they say yes. True
+    when this call found the backend back (for the caller to log)."""
+    while not reachable.is_set():
+        if await answers():
+            reachable.set()
+            return True
+        try:
+            await asyncio.wait_for(reachable.wait(), interval())
+        except TimeoutError:
+            continue
+    return False

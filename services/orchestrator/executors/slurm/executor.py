@@ -20,7 +20,7 @@ from agent_infra.runtime.errors import FailedPrecondition
 from agent_infra.runtime.logs import get_logger
 
 from ...settings import SlurmSettings
-from ..protocol import Execution, ExecutionOutcome, TransientFailure
+from ..protocol import Execution, ExecutionOutcome, TransientFailure, wait_until_reachable
 from . import job_files, job_state
 from .job_files import JobFiles
 from .job_state import ACTIVE_STATES, NO_ACCOUNTING, JobEnd
@@ -91,15 +91,12 @@ class SlurmExecutor:
 
     async def wait_until_available(self, task_class: str) -> None:
         """While the controller is unreachable, hold gpu_slurm dispatching and re-check."""
-        while not self._reachable.is_set():
-            if await self._ping() == "SERVING":
-                self._reachable.set()
-                log.info("slurm_back")
-                return
-            try:
-                await asyncio.wait_for(self._reachable.wait(), self._settings.poll_interval)
-            except TimeoutError:
-                continue
+        async def answers() -> bool:
+            return await self._ping() == "SERVING"
+
+        if await wait_until_reachable(self._reachable, answers,
+                                      lambda: self._settings.poll_interval):
+            log.info("slurm_back")
 
     async def health(self) -> dict[str, str]:
         return {"slurm": await self._ping()}
