@@ -164,12 +164,17 @@ def json_values(max_leaves: int = 12) -> st.SearchStrategy[JSONText]:
     )
 
 
-def json_object(fields: dict[str, st.SearchStrategy[JSONText]]) -> st.SearchStrategy[JSONText]:
-    """A JSON object with any subset of `fields`, sometimes with an unknown key too."""
-    optional = dict(fields)
-    optional["zz_unknown"] = json_values(4)
-    return st.fixed_dictionaries({}, optional=optional).map(
-        lambda d: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in d.items()) + "}")
+def json_object(fields: dict[str, st.SearchStrategy[JSONText]], *,
+                required: dict[str, st.SearchStrategy[JSONText]] | None = None
+                ) -> st.SearchStrategy[JSONText]:
+    """A JSON object with `required` and any subset of `fields`; now and then an unknown key."""
+    def text(d: dict[str, str], extra: str | None) -> str:
+        items = [f"{json.dumps(k)}:{v}" for k, v in d.items()]
+        if extra is not None:
+            items.append(f'"zz_unknown":{extra}')
+        return "{" + ",".join(items) + "}"
+    return st.builds(text, st.fixed_dictionaries(required or {}, optional=fields),
+                     weighted((7, st.none()), (1, json_values(3))))
 
 
 def payload_object() -> st.SearchStrategy[JSONText]:
@@ -183,34 +188,47 @@ def payload_object() -> st.SearchStrategy[JSONText]:
 
 
 def workflow_spec() -> st.SearchStrategy[bytes]:
-    """CreateWorkflow's spec: mostly near-valid JSON in either shape, with hostile fields."""
-    step_id = json_string(st.one_of(st.sampled_from(("a", "b", "c", "d")), text_values()))
-    step = json_object({
-        "id": st.one_of(step_id, json_values(3)),
-        "class": st.one_of(json_string(st.sampled_from(CLASSES)), json_values(3)),
+    """CreateWorkflow's spec: mostly valid or nearly valid JSON in either shape (so runs start
+    and their payloads get rendered), with hostile values in every field now and then."""
+    ids = ("a", "b", "c", "d")
+    step_id = weighted((6, st.sampled_from(ids).map(json.dumps)), (1, json_string()))
+    small = st.integers(-2, 10).map(str)
+
+    def often_valid(valid: st.SearchStrategy[JSONText]) -> st.SearchStrategy[JSONText]:
+        return weighted((4, valid), (1, json_number()), (1, json_values(2)))
+
+    fields = {
+        "class": often_valid(st.sampled_from(("cpu_short", "cpu_long")).map(json.dumps)),
         "payload": payload_object(),
-        "depends_on": st.one_of(
-            st.lists(step_id, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]"),
-            json_values(3)),
-        "retries": st.one_of(json_number(), json_values(2)),
-        "timeout_seconds": st.one_of(json_number(), json_values(2)),
-        "priority": st.one_of(json_number(), json_values(2)),
-    })
-    steps = st.lists(step, max_size=5).map(lambda xs: "[" + ",".join(xs) + "]")
-    edge = json_object({"from": step_id, "to": step_id})
-    edges = st.lists(edge, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]")
-    text = st.one_of(
-        steps.map(lambda s: '{"steps":' + s + "}"),
-        st.tuples(steps, edges).map(lambda se: '{"nodes":' + se[0] + ',"edges":' + se[1] + "}"),
-        json_values(8),
-        st.builds(lambda n: '{"steps":[' + ",".join(
+        "depends_on": weighted(
+            (4, st.just("[]")),
+            (2, st.lists(step_id, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")),
+            (1, json_values(3))),
+        "retries": often_valid(small),
+        "timeout_seconds": often_valid(small),
+        "priority": often_valid(small),
+    }
+    step = st.tuples(step_id, json_object(fields)).map(
+        lambda t: '{"id":' + t[0] + "," + t[1][1:] if t[1] != "{}" else '{"id":' + t[0] + "}")
+    steps = weighted(
+        (8, st.lists(step, min_size=1, max_size=4, unique_by=lambda s: s.split(",")[0])),
+        (1, st.lists(step, max_size=4)),  # empty, or with duplicate ids
+    ).map(lambda xs: "[" + ",".join(xs) + "]")
+    edge = json_object({}, required={"from": step_id, "to": step_id})
+    edges = st.lists(edge, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")
+    text = weighted(
+        (8, steps.map(lambda s: '{"steps":' + s + "}")),
+        (2, st.tuples(steps, edges).map(
+            lambda se: '{"nodes":' + se[0] + ',"edges":' + se[1] + "}")),
+        (1, json_values(8)),
+        (1, st.builds(lambda n: '{"steps":[' + ",".join(
             f'{{"id":"s{i}","depends_on":["s{i - 1}"]}}' if i else '{"id":"s0"}'
-            for i in range(n)) + "]}", st.sampled_from((999, 1000, 1001, 5000))),
+            for i in range(n)) + "]}", st.sampled_from((999, 1000, 1001, 5000)))),
     )
-    return st.one_of(
-        text.map(lambda s: s.encode("utf-8", "surrogatepass")),
-        invalid_utf8(),
-        st.binary(max_size=64),
+    return weighted(
+        (10, text.map(lambda s: s.encode("utf-8", "surrogatepass"))),
+        (1, invalid_utf8()),
+        (1, st.binary(max_size=64)),
     )
 
 
