@@ -16,15 +16,27 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 class TokenAuth:
     """Requires `authorization: Bearer <token>` when a token is configured.
 
-    The token and the open services can be replaced at run time (SIGHUP reload).
+    The token, the open services and what HTTP leaves open (`metrics_open`, `health_open`) can
+    be replaced at run time (SIGHUP reload).
     """
 
-    def __init__(self, token: str | None, open_services: Iterable[str] = ()) -> None:
-        self.update(token, open_services)
+    def __init__(self, token: str | None, open_services: Iterable[str] = (), *,
+                 metrics_open: bool = False, health_open: bool = True) -> None:
+        self.update(token, open_services, metrics_open=metrics_open, health_open=health_open)
 
-    def update(self, token: str | None, open_services: Iterable[str]) -> None:
-        self._token = token.encode() if token else None
+    def update(self, token: str | None, open_services: Iterable[str], *,
+               metrics_open: bool = False, health_open: bool = True) -> None:
+        if token is not None and not token.strip():
+            # Settings refuse a blank token; this guards any other caller: never "auth off".
+            raise ValueError("a blank token would turn authentication off")
+        self._token = token.encode() if token is not None else None
         self._open = frozenset(open_services)
+        self.metrics_open = metrics_open
+        self.health_open = health_open
+
+    @property
+    def enabled(self) -> bool:
+        return self._token is not None
 
     def allows(self, authorization: str | None) -> bool:
         """Whether an `authorization` header value (HTTP or gRPC) carries the right token."""

@@ -14,6 +14,7 @@ SIGTERM:  STOPPING=1 -> health NOT_SERVING -> end response streams -> refuse new
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import time
@@ -31,7 +32,7 @@ from typing_extensions import TypeVar
 from . import logs
 from .auth import HEALTH_SERVICE, TokenAuth
 from .config import ConfigError, ConfigSpec, load_config
-from .http import HttpEndpoint
+from .http import HttpEndpoint, server_ssl_context
 from .notify import SystemdNotifier
 from .observe import RpcObserver
 from .rpc import MiddlewareInterceptor, StreamCloser
@@ -188,7 +189,9 @@ class Daemon(Generic[SettingsT]):
         self._registry = CollectorRegistry()
         ProcessCollector(registry=self._registry)
         PlatformCollector(registry=self._registry)
-        self._auth = TokenAuth(settings.auth.resolve_token(), _open_services(settings))
+        self._auth = TokenAuth(settings.auth.resolve_token(), _open_services(settings),
+                               metrics_open=settings.auth.metrics_open,
+                               health_open=settings.auth.health_open)
         self._health_servicer = health.aio.HealthServicer()
         cfg = settings.server
         self.health = HealthState(
@@ -203,9 +206,15 @@ class Daemon(Generic[SettingsT]):
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        routes = self._app.http_routes()
+        _check_http_exposure(self._spec.daemon, self._settings, routes)
         server = self._build_server()
-        http = HttpEndpoint(self._settings.server.http_addr, self._registry, self._health_report,
-                            self._app.http_routes())
+        try:
+            ssl_context = server_ssl_context(self._settings.tls)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot use the TLS files for HTTP: {exc}") from exc
+        http = HttpEndpoint(self._settings.server, self._registry, self._health_report,
+                            self._auth, ssl_context, routes)
         try:
             await self._start(server, http)
             await self._stop.wait()
@@ -217,7 +226,8 @@ class Daemon(Generic[SettingsT]):
         cfg = self._settings.server
         interceptor = MiddlewareInterceptor(
             [RpcObserver(self._registry), self._auth, StreamCloser(self._closing),
-             map_domain_errors]
+             map_domain_errors],
+            max_response_bytes=cfg.max_message_bytes,
         )
         server = grpc.aio.server(
             interceptors=[interceptor],
@@ -333,7 +343,8 @@ class Daemon(Generic[SettingsT]):
         restart_needed = [name for name in ("server", "tls")
                           if getattr(new, name) != getattr(self._settings, name)]
         logs.configure_logging(new.log.level, new.log.format)
-        self._auth.update(new.auth.resolve_token(), _open_services(new))
+        self._auth.update(new.auth.resolve_token(), _open_services(new),
+                          metrics_open=new.auth.metrics_open, health_open=new.auth.health_open)
         await self._app.reload(new)
         self._settings = new
         if restart_needed:
@@ -356,6 +367,38 @@ class Daemon(Generic[SettingsT]):
             "daemon": self._spec.daemon,
             "version": self._version,
         }
+
+
+def _check_http_exposure(daemon: str, settings: DaemonSettings,
+                         routes: Sequence[web.RouteDef]) -> None:
+    """Refuse routes that change state served in plaintext beyond this host.
+
+    With TLS configured the HTTP port has it too; without, state-changing routes (and the
+    token, when one is set) would cross the network in clear: the daemon does not start unless
+    the listener is on loopback or `server.http_allow_plaintext` says the operator accepts it.
+    """
+    cfg = settings.server
+    if settings.tls.enabled or cfg.http_allow_plaintext or _is_loopback(cfg.http_addr.host):
+        return
+    mutating = sorted({f"{route.method} {route.path}" for route in routes
+                       if isinstance(route, web.RouteDef)
+                       and route.method.upper() not in ("GET", "HEAD", "OPTIONS")})
+    if mutating:
+        raise ConfigError(
+            f"{daemon}: invalid configuration:\n"
+            f"  server.http_addr = '{cfg.http_addr}': serves {', '.join(mutating)} in plaintext "
+            "on a non-loopback address; set tls.cert_file and tls.key_file (HTTP then uses TLS "
+            "like gRPC), listen on loopback, or set server.http_allow_plaintext = true "
+            "(a proxy terminating TLS in front)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _open_services(settings: DaemonSettings) -> list[str]:

@@ -62,6 +62,10 @@ def run_daemon(
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
     try:
         return asyncio.run(serve())
+    except ConfigError as exc:  # a check that needs the app (its HTTP routes)
+        logs.get_logger("daemon").error("invalid_configuration", error=str(exc))
+        print(str(exc), file=sys.stderr)
+        return CONFIG_ERROR_EXIT
     except StartupError as exc:
         logs.get_logger("daemon").error("startup_failed", error=str(exc))
         print(f"{spec.daemon}: {exc}", file=sys.stderr)

@@ -1,6 +1,9 @@
 """structlog set-up: JSON lines when stdout is not a terminal, console output when it is.
 
 The standard library's records go the same way, so a daemon's log stream has one format.
+Warnings and errors repeated in a burst (asyncio's "Too many open files" on every accept, say)
+are rate limited per message: past a burst, what is left out is counted and reported as one
+`similar_lines_suppressed` line.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _generation = 0
 #: Characters of log lines that may wait for the loop's next turn before they are written.
 MAX_PENDING_CHARS = 64 * 1024
+#: Identical warning/error lines (same level, logger and event) let through in a burst, and
+#: refilled per second after it.
+REPEAT_BURST = 10
+REPEAT_PER_SECOND = 1.0
+#: How long after the first suppressed line the count of suppressed lines is reported.
+SUPPRESSION_REPORT_SECONDS = 10.0
+SUPPRESSED_EVENT = "similar_lines_suppressed"
+_LIMITED_LEVELS = frozenset({"warning", "error", "critical", "exception"})
 
 
 class _LineWriter:
@@ -104,6 +115,72 @@ class _LineWriter:
 _writer: _LineWriter | None = None
 
 
+class _RepeatLimiter:
+    """A structlog processor: a token bucket per (level, logger, event) for warnings and errors.
+
+    Lines past the bucket are dropped and counted; the counts are reported as one
+    `similar_lines_suppressed` warning per key, SUPPRESSION_REPORT_SECONDS after the first
+    dropped line (on the bound loop), or at the next flush().
+    """
+
+    def __init__(self, burst: int = REPEAT_BURST, per_second: float = REPEAT_PER_SECOND,
+                 clock: Any = time.monotonic, max_keys: int = 1024) -> None:
+        self._burst = float(burst)
+        self._per_second = per_second
+        self._clock = clock
+        self._max_keys = max_keys
+        self._lock = threading.Lock()
+        self._buckets: dict[tuple[str, str, str], tuple[float, float]] = {}
+        self._suppressed: dict[tuple[str, str, str], int] = {}
+        self._report_scheduled = False
+
+    def __call__(self, _logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        level = str(event.get("level", method))
+        if level not in _LIMITED_LEVELS or event.get("event") == SUPPRESSED_EVENT:
+            return event
+        key = (level, str(event.get("logger", "")), str(event.get("event", ""))[:300])
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self._burst, now))
+            tokens = min(self._burst, tokens + (now - last) * self._per_second)
+            if tokens >= 1.0:
+                if len(self._buckets) >= self._max_keys and key not in self._buckets:
+                    self._buckets.clear()
+                self._buckets[key] = (tokens - 1.0, now)
+                return event
+            self._buckets[key] = (tokens, now)
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            schedule = not self._report_scheduled
+            self._report_scheduled = True
+        if schedule:
+            self._schedule_report()
+        raise structlog.DropEvent
+
+    def _schedule_report(self) -> None:
+        loop = _writer._loop if _writer is not None else None
+        try:
+            if loop is None:
+                raise RuntimeError("no loop")
+            loop.call_soon_threadsafe(loop.call_later, SUPPRESSION_REPORT_SECONDS,
+                                      self.report)
+        except RuntimeError:  # no loop, or a closed one: the next flush() reports
+            with self._lock:
+                self._report_scheduled = False
+
+    def report(self) -> None:
+        """Log how many lines of each key were left out since the last report."""
+        with self._lock:
+            counts, self._suppressed = self._suppressed, {}
+            self._report_scheduled = False
+        for (level, logger, text), count in counts.items():
+            get_logger("logs").warning(
+                SUPPRESSED_EVENT, message=f"{count} similar lines suppressed", count=count,
+                similar_level=level, similar_logger=logger or None, similar_event=text)
+
+
+_repeats = _RepeatLimiter()
+
+
 def _to_json(event: dict[str, Any], **_: Any) -> str:
     """orjson, and never an exception out of a log call: what orjson refuses (an int beyond 64
     bits) goes through the standard library, and what neither encodes (a tuple as a key) is
@@ -153,7 +230,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     timestamper = _UtcTimestamp()
-    shared: list[Any] = [structlog.processors.add_log_level, timestamper,
+    shared: list[Any] = [structlog.processors.add_log_level, _repeats, timestamper,
                          structlog.processors.StackInfoRenderer()]
     rendering: list[Any] = [structlog.processors.format_exc_info] if use_json else []
     rendering.append(renderer)
@@ -190,6 +267,8 @@ class _StdlibHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._writer.msg(self.format(record))
+        except structlog.DropEvent:
+            pass  # a repeat over the limit, counted
         except Exception:
             self.handleError(record)
 
@@ -198,7 +277,9 @@ class _StdlibHandler(logging.Handler):
 
 
 def flush() -> None:
-    """Write every waiting log line now (before os._exit, which skips every clean-up)."""
+    """Write every waiting log line now (before os._exit, which skips every clean-up), with
+    the count of repeated lines left out."""
+    _repeats.report()
     if _writer is not None:
         _writer.flush()
 

@@ -4,6 +4,10 @@ grpc.aio interceptors only see the handler before it runs. Rewrapping the handle
 middleware await the whole call, so it sees the real final status and duration, including for
 streams. Response streams written as async generators are turned into `context.write` loops first,
 so every middleware wraps one awaitable, whatever the RPC's shape.
+
+Responses are serialized inside the chain, not by grpc after it: a response over the size limit
+then ends the call with RESOURCE_EXHAUSTED where every middleware sees it (grpc would refuse to
+send it after the handler returned, and the call would be counted and logged as OK).
 """
 
 from __future__ import annotations
@@ -69,8 +73,10 @@ class MiddlewareInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
     rebuilding it per call cost more than the RPC's own work on a busy unary method.
     """
 
-    def __init__(self, middlewares: Sequence[Middleware]) -> None:
+    def __init__(self, middlewares: Sequence[Middleware],
+                 max_response_bytes: int | None = None) -> None:
         self._middlewares = tuple(middlewares)
+        self._max_response_bytes = max_response_bytes
         # Only methods the server knows are cached: unknown names are not (they are unbounded).
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -96,9 +102,10 @@ class MiddlewareInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
         service, _, method = full_method.lstrip("/").partition("/")
         kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
         info = RpcInfo(full_method, service, method, kind)
-        behavior = _as_coroutine(
+        behavior, response_serializer = _serializing(
             handler.unary_unary or handler.unary_stream or handler.stream_unary
-            or handler.stream_stream
+            or handler.stream_stream,
+            handler.response_serializer, info, self._max_response_bytes,
         )
         # Innermost first, so the loop below wraps outwards.
         layers = tuple(reversed([m for m in self._middlewares if _applies(m, info)]))
@@ -112,7 +119,7 @@ class MiddlewareInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
         return _HANDLER_FACTORIES[kind](
             run,
             request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            response_serializer=response_serializer,
         )
 
 
@@ -121,14 +128,58 @@ def _applies(middleware: Middleware, info: RpcInfo) -> bool:
     return applies_to is None or bool(applies_to(info))
 
 
-def _as_coroutine(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+Serializer = Callable[[Any], bytes]
+
+
+def _serializing(
+    behavior: Callable[..., Any], serializer: Serializer | None, info: RpcInfo,
+    limit: int | None,
+) -> tuple[Callable[..., Awaitable[Any]], Serializer | None]:
+    """The handler as one awaitable that hands grpc serialized responses (and the serializer
+    grpc is left with: None when the responses are bytes already).
+
+    A response stream the handler writes itself (`context.write`) keeps grpc's serializer.
+    """
+    def encode(response: Any) -> bytes:
+        data = serializer(response) if serializer is not None else response
+        if limit is not None and len(data) > limit:
+            raise _TooLarge(len(data), limit)
+        return data
+
     if inspect.isasyncgenfunction(behavior):
 
         async def write_all(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             async for response in behavior(request, context):
-                await context.write(response)
+                try:
+                    data = encode(response)
+                except _TooLarge as exc:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                await context.write(data)
 
-        return write_all
+        return write_all, None
+    if info.response_streaming:
+        return _as_coroutine(behavior), serializer
+    call = _as_coroutine(behavior)
+
+    async def respond(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        response = await call(request, context)
+        if response is None:
+            return None  # grpc's own handling (the status set on the context)
+        try:
+            return encode(response)
+        except _TooLarge as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    return respond, None
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"response of {size} bytes is larger than the server's limit of "
+                         f"{limit} bytes (server.max_message_bytes)")
+
+
+def _as_coroutine(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     if inspect.iscoroutinefunction(behavior):
         return behavior
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from .config import Option
 from .values import Address, Duration
@@ -26,6 +34,20 @@ class ServerSettings(Section):
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     keepalive_time: Duration = Field(30.0, gt=0)
     keepalive_timeout: Duration = Field(10.0, gt=0)
+    # The HTTP listener, against slow or idle clients holding connections (slowloris): a
+    # request's line and headers must arrive within the header timeout (counted from the
+    # connection, or from a kept-alive connection's first byte of the next request); a
+    # kept-alive connection with no request is closed after the idle timeout; a handler,
+    # body reading included, gets the request timeout. Connections beyond the limit are closed
+    # at once, the oldest one waiting for a request (idle or half sent) giving way first.
+    http_header_timeout: Duration = Field(10.0, gt=0)
+    http_idle_timeout: Duration = Field(60.0, gt=0)
+    http_request_timeout: Duration = Field(60.0, gt=0)
+    http_max_connections: int = Field(256, ge=1, le=65536)
+    # Without TLS, an HTTP listener whose routes change state (the orchestrator's
+    # POST /queue/submit) listens on loopback only unless this says the operator accepts
+    # plaintext on the network (a proxy terminating TLS in front of it, say).
+    http_allow_plaintext: bool = False
 
 
 class LogSettings(Section):
@@ -58,25 +80,57 @@ class TlsSettings(Section):
 class AuthSettings(Section):
     token: SecretStr | None = None
     token_file: Path | None = None
-    # Probes (systemd, load balancers, grpc_health_probe) usually carry no token.
+    # Probes (systemd, load balancers, grpc_health_probe) usually carry no token: with a token
+    # set, grpc.health.v1 stays open and HTTP /health answers its status (code and
+    # {"status": ...}) without one; the detail (reason, dependencies, version) needs the token.
     health_open: bool = True
+    # With a token set, /metrics needs it too unless this opens it (Prometheus can send one).
+    metrics_open: bool = False
+    # The token, read once when the settings are validated: a file that is empty, blank or
+    # unreadable is a configuration error, never "no token" (which would turn auth off).
+    _token: str | None = PrivateAttr(default=None)
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("token must not be empty or blank: it would turn authentication off")
+        return value
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file_not_blank(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _read_token_file(value)
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
         if self.token is not None and self.token_file is not None:
             raise ValueError("set token or token_file, not both")
-        if self.token_file is not None and not self.token_file.is_file():
-            raise ValueError(f"file not found: {self.token_file}")
-        if self.token is not None and not self.token.get_secret_value():
-            raise ValueError("token must not be empty")
+        if self.token is not None:
+            self._token = self.token.get_secret_value().strip()
+        elif self.token_file is not None:
+            self._token = _read_token_file(self.token_file)
         return self
 
     def resolve_token(self) -> str | None:
-        if self.token is not None:
-            return self.token.get_secret_value()
-        if self.token_file is not None:
-            return self.token_file.read_text().strip() or None
-        return None
+        """The token clients must send; None when authentication is off."""
+        return self._token
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise ValueError(f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if not token:
+        raise ValueError(
+            f"{path} is empty or blank: it would turn authentication off; put the token in it, "
+            "or unset auth.token_file to run without authentication")
+    return token
 
 
 class DaemonSettings(Section):
