@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from agent_infra.runtime.errors import Unavailable
+from agent_infra.runtime.errors import InvalidArgument, Unavailable
 from agent_infra.runtime.logs import get_logger
 
 from .docker.engine import DockerEngine
@@ -39,7 +39,7 @@ class EnvManager:
         self.runner = TaskRunner(
             engine, settings.stack.name,
             resolve_workload_classes(settings.workload_classes, cpu_cores(), gpu_count),
-            settings.tasks, store,
+            settings.tasks, store, max_message_bytes=settings.server.max_message_bytes,
         )
         self.docker_error = ""
         self._recovered = False
@@ -72,6 +72,27 @@ class EnvManager:
         task_images = {image for workload in self.runner.classes.values()
                        for image in (workload.image, *workload.allowed_images)}
         return sorted(set(self.stack.registry.images()) | task_images)
+
+    def pullable(self, names: list[str]) -> list[str]:
+        """The images PullImages is to pull for `names` (empty: every image in images()).
+
+        Only images the operator's config names may be pulled: anything else is INVALID_ARGUMENT
+        naming it, and nothing is pulled. DESIGN's status rules give INVALID_ARGUMENT to values
+        that are unknown, and ExecuteTask refuses an image outside a class's allowed_images the
+        same way (PERMISSION_DENIED would say the caller's credentials are at fault; they are not).
+        """
+        allowed = self.images()
+        if not names:
+            return allowed
+        refused = [name for name in dict.fromkeys(names) if name not in allowed]
+        if refused:
+            shown = ", ".join(repr(name[:200]) for name in refused[:5])
+            more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+            raise InvalidArgument(
+                f"image_names: {shown}{more} not named by the service registry or any workload "
+                "class; PullImages pulls only configured images (add it to a service's image or "
+                "a class's allowed_images)")
+        return names
 
     async def check_docker(self) -> bool:
         try:

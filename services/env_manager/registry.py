@@ -131,6 +131,9 @@ class ServiceSpec(Section):
     init: bool = False
     user: str | None = None
     working_dir: str | None = None
+    # The operator's allowlist for StartServices overrides (nothing by default), e.g.
+    # ["env", "ports"] or ["env.LOG_LEVEL"]; registry.apply_overrides.
+    overridable: list[str] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -139,6 +142,12 @@ class ServiceSpec(Section):
         if isinstance(data, dict) and isinstance(data.get("depends_on"), list):
             data = {**data, "depends_on": dict.fromkeys(data["depends_on"], "started")}
         return data
+
+    @model_validator(mode="after")
+    def _overridable_known(self) -> Self:
+        for entry in self.overridable:
+            check_overridable(entry)
+        return self
 
     @model_validator(mode="after")
     def _probe_reachable(self) -> Self:
@@ -160,17 +169,48 @@ class ServiceSpec(Section):
 
     def config_hash(self) -> str:
         """Changes whenever anything that shapes the container changes."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # overridable shapes what callers may ask, not the container.
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"overridable"}),
+                               sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-_OVERRIDABLE = {"image", "command", "entrypoint", "network_mode", "restart", "user", "working_dir"}
+# What StartServices overrides can name ("SERVICE.<key>"), when the registry allows it.
+_OVERRIDABLE = {"image", "command", "entrypoint", "network_mode", "restart", "user", "working_dir",
+                "ports"}
+_OVERRIDABLE_MAPS = {"env", "labels"}  # "env.KEY"; "env" in overridable allows every KEY
+_OVERRIDABLE_RESOURCES = {"cpus", "memory", "gpus"}
+# network_mode overrides may always narrow to no network; other values must be the registry's.
+_SAFE_NETWORK_MODES = {"none"}
 
 
-def apply_overrides(spec: ServiceSpec, name: str, overrides: Mapping[str, str]) -> ServiceSpec:
+def check_overridable(entry: str) -> None:
+    """ValueError unless `entry` names something an override can change."""
+    head, dot, sub = entry.partition(".")
+    if head in _OVERRIDABLE_MAPS and (not dot or sub):
+        return
+    if head == "resources" and (not dot or sub in _OVERRIDABLE_RESOURCES):
+        return
+    if entry in _OVERRIDABLE:
+        return
+    raise ValueError(f"overridable: {entry!r} cannot be overridden; choose from "
+                     f"{', '.join(sorted(_OVERRIDABLE))}, env, env.KEY, labels, labels.KEY, "
+                     "resources, resources.cpus|memory|gpus")
+
+
+def _allowed(field: str, overridable: Iterable[str]) -> bool:
+    head = field.partition(".")[0]
+    return any(entry in (field, head) for entry in overridable)
+
+
+def apply_overrides(spec: ServiceSpec, name: str, overrides: Mapping[str, str],
+                    network_modes: Iterable[str | None] = ()) -> ServiceSpec:
     """A copy of `spec` with this call's overrides for `name` ("NAME.image", "NAME.env.KEY", ...).
 
-    command/entrypoint take a JSON list or a plain string.
+    Only what the service's `overridable` lists (the operator's allowlist; nothing by default)
+    can be overridden: anything else is InvalidArgument naming the service and the key. A
+    network_mode override must be one of `network_modes` (the registry's own) or "none".
+    command/entrypoint take a JSON list or a plain string; ports a JSON list of "host:container".
     """
     data = spec.model_dump(mode="json")
     changed = False
@@ -180,19 +220,35 @@ def apply_overrides(spec: ServiceSpec, name: str, overrides: Mapping[str, str]) 
             continue
         field = key[len(prefix):]
         head, _, sub = field.partition(".")
-        if head in ("env", "labels") and sub:
+        known = ((head in _OVERRIDABLE_MAPS and sub) or field in _OVERRIDABLE
+                 or (head == "resources" and sub in _OVERRIDABLE_RESOURCES))
+        if not known:
+            raise InvalidArgument(f"overrides[{key[:200]!r}]: {field[:120]!r} cannot be "
+                                  "overridden for any service; overridable keys: image, command, "
+                                  "entrypoint, env.KEY, labels.KEY, resources.cpus|memory|gpus, "
+                                  "network_mode, ports, restart, user, working_dir")
+        if not _allowed(field, spec.overridable):
+            granted = ", ".join(spec.overridable) or "nothing"
+            raise InvalidArgument(f"overrides[{key[:200]!r}]: service {name!r} does not allow "
+                                  f"overriding {field[:120]!r} (the registry's "
+                                  f"services.{name}.overridable allows: {granted})")
+        if head in _OVERRIDABLE_MAPS:
             data[head] = {**data[head], sub: value}
-        elif head == "resources" and sub in ("cpus", "memory", "gpus"):
+        elif head == "resources":
             data["resources"] = {**data["resources"], sub: value}
         elif field in ("command", "entrypoint"):
             data[field] = _list_or_text(value)
-        elif field in _OVERRIDABLE:
+        elif field == "ports":
+            data[field] = _json_list(key, value)
+        elif field == "network_mode":
+            modes = {mode for mode in network_modes if mode} | _SAFE_NETWORK_MODES
+            if value not in modes:
+                raise InvalidArgument(
+                    f"overrides[{key[:200]!r}]: network_mode {value[:120]!r} is not one the "
+                    f"registry uses; allowed: {', '.join(sorted(modes))}")
             data[field] = value
         else:
-            raise InvalidArgument(f"overrides[{key!r}]: cannot override {field!r}; overridable: "
-                                  "image, command, entrypoint, env.KEY, labels.KEY, "
-                                  "resources.cpus|memory|gpus, network_mode, restart, user, "
-                                  "working_dir")
+            data[field] = value
         changed = True
     if not changed:
         return spec
@@ -202,6 +258,17 @@ def apply_overrides(spec: ServiceSpec, name: str, overrides: Mapping[str, str]) 
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidArgument(f"overrides for {name}: {where}: {first['msg']}") from None
+
+
+def _json_list(key: str, value: str) -> list[str]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, list) or not all(isinstance(item, str) for item in parsed):
+        raise InvalidArgument(f"overrides[{key[:200]!r}]: expected a JSON list of strings such "
+                              "as [\"6379:6379\"]")
+    return parsed
 
 
 def _list_or_text(value: str) -> list[str] | str:
@@ -296,6 +363,9 @@ class Registry:
 
     def images(self) -> list[str]:
         return sorted({spec.image for spec in self._services.values()})
+
+    def network_modes(self) -> set[str | None]:
+        return {spec.network_mode for spec in self._services.values()}
 
 
 def _topological_order(services: Mapping[str, ServiceSpec]) -> list[str]:

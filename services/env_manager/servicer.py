@@ -17,6 +17,7 @@ from .image_pulls import pull_all
 from .manager import EnvManager
 from .resources import Availability
 from .stack import ServiceState, StackManager
+from .tasks.payload import caller_identity
 
 Context = Any  # grpc.aio.ServicerContext; grpc is untyped
 
@@ -71,8 +72,9 @@ class EnvManagerServicer(env_manager_pb2_grpc.EnvManagerServiceServicer):
 
     async def ExecuteTask(self, request: pb.ExecuteTaskRequest, context: Context
                           ) -> pb.ExecuteTaskResponse:
-        outcome = await self._get().runner.execute(request.task_id, request.workload_class,
-                                             dict(request.payload), request.timeout_seconds)
+        outcome = await self._get().runner.execute(
+            request.task_id, request.workload_class, dict(request.payload),
+            request.timeout_seconds, caller_identity(_bearer_token(context)))
         return pb.ExecuteTaskResponse(success=outcome.success, result=outcome.result,
                                       error=outcome.error, latency_ms=outcome.latency_ms)
 
@@ -84,7 +86,7 @@ class EnvManagerServicer(env_manager_pb2_grpc.EnvManagerServiceServicer):
 
     async def PullImages(self, request: pb.PullImagesRequest, context: Context
                          ) -> AsyncIterator[pb.ImagePullProgress]:
-        names = list(request.image_names) or self._get().images()
+        names = self._get().pullable(list(request.image_names))
         async for progress in pull_all(self._stack.engine, names):
             yield pb.ImagePullProgress(image_name=progress.image, status=progress.status,
                                        current=progress.current, total=progress.total,
@@ -99,6 +101,18 @@ class EnvManagerServicer(env_manager_pb2_grpc.EnvManagerServiceServicer):
             yield pb.LogEntry(service_name=request.service_name, container_id=state.id,
                               stream=line.stream, message=line.message,
                               timestamp=line.timestamp)
+
+
+def _bearer_token(context: Context) -> str | None:
+    """The bearer token the call carried, if any (checked by the runtime's auth when one is
+    configured): it identifies the caller a task id is bound to."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
 
 
 def _service_status(state: ServiceState) -> pb.ServiceStatus:

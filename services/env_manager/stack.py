@@ -78,8 +78,11 @@ class StackManager:
         for key in overrides:
             service = key.partition(".")[0]
             if service not in registry:
-                raise InvalidArgument(f"overrides[{key!r}]: unknown service {service!r}")
-        return {name: apply_overrides(registry.spec(name), name, overrides) for name in targets}
+                raise InvalidArgument(f"overrides[{key[:200]!r}]: unknown service "
+                                      f"{service[:120]!r}")
+        modes = registry.network_modes()
+        return {name: apply_overrides(registry.spec(name), name, overrides, modes)
+                for name in targets}
 
     async def stop(self, names: Sequence[str], timeout: float | None = None) -> StopOutcome:
         """Stop and remove `names` and what depends on them, dependents first."""

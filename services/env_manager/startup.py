@@ -30,6 +30,9 @@ log = get_logger("startup")
 # How often readiness is re-probed while a service starts: fast, so the stack is up soon after
 # it really is, whatever the (steady-state) probe interval says.
 STARTUP_PROBE_INTERVAL = 0.1
+# A service's updates: "starting", then how it got a container, then healthy/unhealthy/stopped
+# (at most 3, and the plan's own failure adds one for the services it did not finish).
+UPDATES_PER_SERVICE = 4
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,10 @@ class StartPlan:
 
     def run(self) -> AsyncIterator[StatusUpdate]:
         """Start the plan in the background and iterate its updates until it is over."""
+        # Bounded by the plan itself: at most UPDATES_PER_SERVICE per service, then the end
+        # marker, so a subscriber that stops reading holds no more than that. A plan runs
+        # detached (never held back by its reader), so the bound is the plan's, not a wait.
+        self._updates = asyncio.Queue(UPDATES_PER_SERVICE * len(self.specs) + 1)
         task = asyncio.get_running_loop().create_task(self._run_all())
         _keep_alive(task)
         return self._drain()

@@ -320,15 +320,24 @@ async def test_container_is_removed_when_the_caller_is_cancelled(harness: Harnes
         await caller
     # The run outlives its caller (a retry must find it), then stores its result and is removed.
     await harness.wait_gone(tid)
-    again = await run(runner, "echo must not run", tid=tid)
+    # The retry is the same request (a different one with the id is refused: see the
+    # request-binding tests below).
+    again = await run(runner, "sleep 1; echo finished", tid=tid)
     assert again.result["cached"] == "true" and again.result["stdout"] == "finished\n"
 
 
 # -- once per task id -----------------------------------------------------------------------
 
-def counting_class(folder: Path) -> WorkloadClass:
+def writable_by_tasks(folder: Path) -> Path:
+    """A host folder tasks (uid 65534 by default, not this test's uid) can write into."""
     folder.mkdir(exist_ok=True)
-    return busybox_class(mounts=[f"{folder}:/count"])
+    folder.chmod(0o777)
+    return folder
+
+
+def counting_class(folder: Path) -> WorkloadClass:
+    writable_by_tasks(folder)
+    return busybox_class(mounts=[f"{folder}:/count:rw"])
 
 
 COUNTING = "echo ran >> /count/runs; sleep 1; echo done"
@@ -399,7 +408,7 @@ from agent_infra.env_manager.tasks.workloads import TaskSettings, WorkloadClass
 async def main() -> None:
     stack, store_path, folder, task_id = sys.argv[1:5]
     store = await TaskStore.open(Path(store_path), retention=3600)
-    workload = WorkloadClass(image="{image}", concurrency=1, mounts=[f"{{folder}}:/count"])
+    workload = WorkloadClass(image="{image}", concurrency=1, mounts=[f"{{folder}}:/count:rw"])
     runner = TaskRunner(DockerEngine(None, RetrySettings()), stack, {{"cpu_short": workload}},
                         TaskSettings(), store)
     await runner.execute(task_id, "cpu_short", {{"command": sys.argv[5]}}, 30)
@@ -410,8 +419,7 @@ asyncio.run(main())
 
 async def test_a_restarted_env_manager_attaches_to_the_running_container(
         harness: Harness) -> None:
-    folder = harness.tmp_path / "count"
-    folder.mkdir()
+    folder = writable_by_tasks(harness.tmp_path / "count")
     tid = task_id()
     command = "echo ran >> /count/runs; sleep 2; echo finished; echo warn >&2"
     script = harness.tmp_path / "crashing_runner.py"

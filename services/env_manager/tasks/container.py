@@ -27,12 +27,15 @@ from ..docker.engine import DockerEngine
 from ..docker.logs import Stream, follow_output
 from .output import StreamCapture
 from .payload import TaskSpec
-from .workloads import MIB, WorkloadClass
+from .workloads import MIB, WorkloadClass, parse_mount
 
 log = get_logger("tasks")
 
 TIMEOUT_LABEL = f"{labels.PREFIX}.task-timeout"
 TIMEOUT_CAPPED_LABEL = f"{labels.PREFIX}.task-timeout-capped"
+# The request the container runs for (tasks/payload.request_key): a retry of the same request
+# attaches to it, any other request with the task's id is refused.
+REQUEST_LABEL = f"{labels.PREFIX}.task-request"
 # Output still in flight when the process has exited; past this the stream is abandoned.
 DRAIN_GRACE_S = 5.0
 # A killed container is gone within moments; this only guards against a wedged engine.
@@ -57,6 +60,7 @@ class RunRecord:
     timed_out: bool
     timeout: float
     timeout_capped: bool
+    request_key: str
 
 
 def container_name(stack: str, task_id: str) -> str:
@@ -65,28 +69,40 @@ def container_name(stack: str, task_id: str) -> str:
     return f"{stack}-task-{_NAME_UNSAFE.sub('_', task_id)}-{digest}"
 
 
+def binds(workload: WorkloadClass) -> list[str]:
+    """The class's mounts as engine binds, each with its mode spelt out (ro unless rw)."""
+    return [":".join(parse_mount(mount)) for mount in workload.mounts]
+
+
 def container_config(spec: TaskSpec, workload: WorkloadClass, stack: str,
                      output_limit: int) -> dict[str, Any]:
     host: dict[str, Any] = {
         "Privileged": False,
         "AutoRemove": False,  # output is collected after the exit, then we remove it
         "NetworkMode": workload.network_mode,
-        "Binds": list(workload.mounts),
+        "Binds": binds(workload),
+        # No capability but the class's explicit ones; set-uid bits gain nothing.
+        "CapDrop": ["ALL"],
         "SecurityOpt": ["no-new-privileges"],
+        "PidsLimit": workload.pids_limit,
+        "Memory": workload.memory,
+        # Swap as large as the memory: the limit is not doubled by swap.
+        "MemorySwap": workload.memory,
         # The engine's default json-file log is unbounded; a chatty task must not fill the disk.
         "LogConfig": {"Type": "json-file",
                       "Config": {"max-size": str(4 * output_limit + MIB), "max-file": "2"}},
     }
     if workload.cpus is not None:
         host["NanoCpus"] = int(workload.cpus * 1e9)
-    if workload.memory is not None:
-        host["Memory"] = workload.memory
+    if workload.capabilities:
+        host["CapAdd"] = workload.capabilities
     if workload.gpus:
         host["DeviceRequests"] = [{"Driver": "", "Count": workload.gpus,
                                    "Capabilities": [["gpu"]]}]
     with_stdin = spec.stdin is not None
     config: dict[str, Any] = {
         "Image": spec.image,
+        "User": workload.user,
         "Env": [f"{key}={value}" for key, value in spec.env],
         "Labels": {
             labels.STACK: stack,
@@ -95,6 +111,7 @@ def container_config(spec: TaskSpec, workload: WorkloadClass, stack: str,
             labels.WORKLOAD_CLASS: spec.workload_class,
             TIMEOUT_LABEL: repr(spec.timeout),
             TIMEOUT_CAPPED_LABEL: str(spec.timeout_capped).lower(),
+            REQUEST_LABEL: spec.request_key,
         },
         "Tty": False,
         "AttachStdout": True,
@@ -172,7 +189,8 @@ async def run_attached(engine: DockerEngine, container_id: str, spec: TaskSpec,
             await inlet.close()
         await output.close()
     return RunRecord(container_id, spec.workload_class, spec.image, exit_code, stdout, stderr,
-                     started_at, finished_at, timed_out, spec.timeout, spec.timeout_capped)
+                     started_at, finished_at, timed_out, spec.timeout, spec.timeout_capped,
+                     spec.request_key)
 
 
 async def follow_existing(engine: DockerEngine, info: dict[str, Any],
@@ -197,7 +215,8 @@ async def follow_existing(engine: DockerEngine, info: dict[str, Any],
     return RunRecord(container_id, config_labels.get(labels.WORKLOAD_CLASS, ""),
                      info["Config"].get("Image", ""), exit_code, stdout, stderr,
                      started_at, finished_at or exited_at, timed_out, timeout,
-                     config_labels.get(TIMEOUT_CAPPED_LABEL) == "true")
+                     config_labels.get(TIMEOUT_CAPPED_LABEL) == "true",
+                     config_labels.get(REQUEST_LABEL, ""))
 
 
 async def _pump(output: Attachment, stdout: StreamCapture, stderr: StreamCapture) -> None:

@@ -13,10 +13,16 @@ Payload keys (all optional; any other key is rejected):
 
 timeout_seconds: > 0 asks for that many seconds, 0 means the class's default_timeout; either is
 capped at the class's max_timeout (the result then says timeout_capped=true).
+
+A task id is bound to its request: `request_key` digests the workload class, the payload as sent
+and the image it resolves to, and the caller's identity (a hash of the bearer token the call
+carried, never the token; empty without one). The same request re-sent (a retry) attaches to
+the run or gets its stored result; any other request with the id is ALREADY_EXISTS.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -42,6 +48,22 @@ class TaskSpec:
     workdir: str | None
     timeout: float
     timeout_capped: bool
+    request_key: str = ""
+
+
+def caller_identity(token: str | None) -> str:
+    """Who a call comes from, as stored: a hash of its bearer token ("" without one)."""
+    if not token:
+        return ""
+    return hashlib.sha256(b"agent-infra env-manager caller\0" + token.encode()).hexdigest()
+
+
+def request_key(workload_class: str, payload: Mapping[str, str], image: str,
+                caller: str) -> str:
+    """The digest a task id's request is bound to (see the module docstring)."""
+    canonical = json.dumps([workload_class, sorted(payload.items()), image, caller],
+                           ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_task_id(task_id: str) -> str:
@@ -64,7 +86,8 @@ def check_class(name: str, classes: Mapping[str, WorkloadClass], *,
 
 
 def parse_request(task_id: str, workload_class: str, payload: Mapping[str, str],
-                  timeout_seconds: int, classes: Mapping[str, WorkloadClass]) -> TaskSpec:
+                  timeout_seconds: int, classes: Mapping[str, WorkloadClass],
+                  caller: str = "") -> TaskSpec:
     """A runnable TaskSpec, or InvalidArgument/FailedPrecondition naming the field at fault."""
     check_task_id(task_id)
     workload = check_class(workload_class, classes)
@@ -93,6 +116,7 @@ def parse_request(task_id: str, workload_class: str, payload: Mapping[str, str],
         workdir=parse_workdir(payload.get("workdir")),
         timeout=min(wanted, workload.max_timeout),
         timeout_capped=wanted > workload.max_timeout,
+        request_key=request_key(workload_class, payload, image, caller),
     )
 
 

@@ -4,12 +4,18 @@ One SQLite file (WAL, synchronous=FULL: a result is on disk before the task's co
 and before anyone is told the outcome). Task ids are only ever bound as SQL parameters. The
 connection lives on one dedicated thread, so the event loop never blocks on disk and sqlite3 is
 never shared between threads.
+
+Each result carries the request_key of the request that ran it (tasks/payload.py): the runner
+returns it only to the same request. The file, and SQLite's -wal and -shm beside it (SQLite gives
+those the database file's mode), are created 0600: they hold payload output and env values.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -27,7 +33,8 @@ CREATE TABLE IF NOT EXISTS task_results (
     success        INTEGER NOT NULL,
     error          TEXT NOT NULL,
     result         TEXT NOT NULL,
-    finished_at    REAL NOT NULL
+    finished_at    REAL NOT NULL,
+    request_key    TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS task_results_finished_at ON task_results (finished_at);
 """
@@ -40,6 +47,8 @@ class StoredResult:
     result: dict[str, str]
     error: str
     finished_at: float  # unix seconds
+    # The request that ran it; "" for results stored before requests were bound (never matches).
+    request_key: str = ""
 
 
 class TaskStore:
@@ -56,12 +65,20 @@ class TaskStore:
 
         def connect() -> sqlite3.Connection:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private(path)
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
                 db.execute("PRAGMA busy_timeout=5000")
                 db.executescript(_SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(task_results)")}
+                if "request_key" not in columns:  # a store written before requests were bound
+                    db.execute("ALTER TABLE task_results "
+                               "ADD COLUMN request_key TEXT NOT NULL DEFAULT ''")
+                for suffix in ("-wal", "-shm"):  # left by an older version with another mode
+                    with contextlib.suppress(FileNotFoundError):
+                        os.chmod(f"{path}{suffix}", 0o600)
             except BaseException:
                 db.close()
                 raise
@@ -81,9 +98,9 @@ class TaskStore:
         """The result of `task_id` if it finished within the retention window."""
         cutoff = time.time() - self.retention
 
-        def read() -> tuple[str, int, str, str, float] | None:
-            row: tuple[str, int, str, str, float] | None = self._db.execute(
-                "SELECT workload_class, success, error, result, finished_at "
+        def read() -> tuple[str, int, str, str, float, str] | None:
+            row: tuple[str, int, str, str, float, str] | None = self._db.execute(
+                "SELECT workload_class, success, error, result, finished_at, request_key "
                 "FROM task_results WHERE task_id = ? AND finished_at >= ?",
                 (task_id, cutoff),
             ).fetchone()
@@ -92,19 +109,20 @@ class TaskStore:
         row = await self._run(read)
         if row is None:
             return None
-        workload_class, success, error, result, finished_at = row
-        return StoredResult(workload_class, bool(success), json.loads(result), error, finished_at)
+        workload_class, success, error, result, finished_at, key = row
+        return StoredResult(workload_class, bool(success), json.loads(result), error, finished_at,
+                            key)
 
     async def put(self, task_id: str, result: StoredResult) -> None:
         """Record (or replace) the result of `task_id`; durable when this returns."""
         row = (task_id, result.workload_class, int(result.success), result.error,
-               json.dumps(result.result), result.finished_at)
+               json.dumps(result.result), result.finished_at, result.request_key)
 
         def write() -> None:
             self._db.execute(
                 "INSERT OR REPLACE INTO task_results "
-                "(task_id, workload_class, success, error, result, finished_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)", row)
+                "(task_id, workload_class, success, error, result, finished_at, request_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
         await self._run(write)
 
@@ -122,3 +140,12 @@ class TaskStore:
             await self._run(self._db.close)
         finally:
             self._executor.shutdown(wait=False)
+
+
+def _private(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it (or make an existing one 0600)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)

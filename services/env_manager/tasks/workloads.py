@@ -4,6 +4,16 @@ A workload class is one `[workload_classes.NAME]` table of the TOML config. It i
 security boundary of ExecuteTask: a task can only pick an image from `allowed_images`, gets the
 class's limits and network, and sees no host path except the class's `mounts`.
 
+Secure by default: a task runs as `user` (numeric; default 65534:65534, nobody), with every
+capability dropped except the class's explicit `cap_add`, with no-new-privileges, a pids limit
+and a memory limit (defaults below when the class names none), and its `mounts` read-only unless
+a mount says `:rw`. The Docker engine offers no nosuid/nodev for bind mounts (its Binds refuse
+the flags; a local volume with `o=bind,nosuid` is a plain bind, as the kernel ignores them on
+MS_BIND), so what they would prevent is held by the rest: without CAP_MKNOD no device node can
+be made, without CAP_CHOWN/CAP_FOWNER/CAP_FSETID and as a non-root uid no root-owned setuid file
+can be made in a mount, and no-new-privileges makes set-uid bits inert inside the container. An
+rw mount whose host path is not itself mounted nosuid,nodev is logged as a warning at load.
+
 With no `[workload_classes]` in the config, `default_workload_classes` sizes cpu_short, cpu_long
 and gpu from the host. Their image is python:3.11-slim, a realistic general-purpose default; a
 deployment is expected to name its own images (the tests and the offline demo use
@@ -12,7 +22,9 @@ local/busybox:latest).
 
 from __future__ import annotations
 
+import os
 import posixpath
+import re
 from typing import Any, Self
 
 from agent_infra.env_manager.registry import ByteSize
@@ -21,15 +33,21 @@ from pydantic import Field, model_validator
 
 DEFAULT_IMAGE = "python:3.11-slim"
 MIB = 1024 * 1024
+DEFAULT_USER = "65534:65534"  # nobody:nogroup on most images; numeric, so no passwd lookup
+DEFAULT_PIDS_LIMIT = 256
+DEFAULT_MEMORY = 1024 * MIB
+_USER = re.compile(r"^\d{1,10}(:\d{1,10})?$")
+_CAPABILITY = re.compile(r"^[A-Z][A-Z0-9_]{1,31}$")
 
 
 def parse_mount(text: str) -> tuple[str, str, str]:
-    """("src", "dst", "ro"|"rw") from "src:dst[:ro|rw]"; both paths absolute."""
+    """("src", "dst", "ro"|"rw") from "src:dst[:ro|rw]"; both paths absolute; read-only unless
+    the mount says rw."""
     parts = text.split(":")
     if len(parts) not in (2, 3):
-        raise ValueError(f"expected \"/host/path:/container/path[:ro]\"; got {text!r}")
+        raise ValueError(f"expected \"/host/path:/container/path[:ro|rw]\"; got {text!r}")
     source, target = parts[0], parts[1]
-    mode = parts[2] if len(parts) == 3 else "rw"
+    mode = parts[2] if len(parts) == 3 else "ro"
     if mode not in ("ro", "rw"):
         raise ValueError(f"mount mode must be ro or rw; got {mode!r} in {text!r}")
     for path in (source, target):
@@ -44,7 +62,8 @@ class WorkloadClass(Section):
     # The default image is always allowed, whether or not it is listed here.
     allowed_images: list[str] = Field(default_factory=list)
     cpus: float | None = Field(None, gt=0)
-    memory: ByteSize | None = None
+    # Always limited: a class that names none gets DEFAULT_MEMORY.
+    memory: ByteSize = DEFAULT_MEMORY
     gpus: int = Field(0, ge=0)
     default_timeout: Duration = Field(300.0, gt=0)
     max_timeout: Duration = Field(3600.0, gt=0)
@@ -53,8 +72,14 @@ class WorkloadClass(Section):
     # Tasks get no network unless the class grants one.
     network_mode: str = Field("none", min_length=1)
     mounts: list[str] = Field(default_factory=list,
-                              description="the only host paths tasks may see, \"src:dst[:ro]\"")
+                              description="the only host paths tasks may see, "
+                                          "\"src:dst[:ro|rw]\" (read-only unless rw)")
     env: dict[str, str] = Field(default_factory=dict)
+    # Numeric "uid[:gid]": the image's own user (often root) is never used.
+    user: str = Field(DEFAULT_USER, description="the uid[:gid] tasks run as")
+    # Every capability is dropped; these (e.g. "NET_BIND_SERVICE") are given back.
+    cap_add: list[str] = Field(default_factory=list)
+    pids_limit: int = Field(DEFAULT_PIDS_LIMIT, ge=1, le=1_000_000)
 
     @model_validator(mode="before")
     @classmethod
@@ -74,17 +99,48 @@ class WorkloadClass(Section):
                              f"default_timeout ({self.default_timeout:g} s)")
         for mount in self.mounts:
             parse_mount(mount)
+        if not _USER.fullmatch(self.user):
+            raise ValueError(f"user must be a numeric \"uid\" or \"uid:gid\" such as "
+                             f"\"{DEFAULT_USER}\"; got {self.user!r:.80}")
+        for capability in self.cap_add:
+            name = capability.upper().removeprefix("CAP_")
+            if name == "ALL" or not _CAPABILITY.fullmatch(name):
+                raise ValueError(f"cap_add takes capability names such as \"NET_BIND_SERVICE\" "
+                                 f"(ALL is not allowed); got {capability!r:.80}")
         for key in self.env:
             if not key or "=" in key:
                 raise ValueError(f"env names must be non-empty and contain no '='; got {key!r}")
         return self
 
+    @property
+    def capabilities(self) -> list[str]:
+        """cap_add as the engine takes it: upper case, no CAP_ prefix, each once."""
+        return list(dict.fromkeys(c.upper().removeprefix("CAP_") for c in self.cap_add))
+
+    def unprotected_rw_mounts(self) -> list[str]:
+        """rw mounts whose host path is not mounted nosuid,nodev on this host (as seen here)."""
+        found = []
+        for mount in self.mounts:
+            source, _, mode = parse_mount(mount)
+            if mode != "rw":
+                continue
+            try:
+                flags = os.statvfs(source).f_flag
+            except OSError:
+                continue  # not visible from here (e.g. env-manager itself in a container)
+            if not (flags & os.ST_NOSUID and flags & os.ST_NODEV):
+                found.append(source)
+        return found
+
 
 class TaskSettings(Section):
     retention: Duration = Field(3600.0, gt=0,
                                 description="how long a finished task's result is kept")
-    # Per stream; the rest is drained and dropped, and the result says it was truncated.
+    # Per stream, as UTF-8 text; the rest is drained and dropped, and the result says it was
+    # truncated. Both streams together are also cut to fit server.max_message_bytes.
     output_limit_bytes: int = Field(MIB, ge=0, le=64 * MIB)
+    # A task no caller has waited on for this long is stopped (tasks/runner.py); 0: never.
+    abandon_grace: Duration = Field(300.0, ge=0)
 
 
 def default_workload_classes(cpu_cores: int, gpu_count: int) -> dict[str, WorkloadClass]:
@@ -101,8 +157,8 @@ def default_workload_classes(cpu_cores: int, gpu_count: int) -> dict[str, Worklo
         ),
         # concurrency 0 without GPUs: the class exists (callers get a clear error) but never runs.
         "gpu": WorkloadClass(
-            image=DEFAULT_IMAGE, gpus=1, default_timeout=3600.0, max_timeout=86400.0,
-            concurrency=max(0, gpu_count),
+            image=DEFAULT_IMAGE, gpus=1, memory=MIB * 16384, default_timeout=3600.0,
+            max_timeout=86400.0, concurrency=max(0, gpu_count),
         ),
     }
 
