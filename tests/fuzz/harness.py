@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import grpc
+import pytest
 from agent_infra.wire import env_manager_pb2, orchestrator_pb2
 from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
@@ -559,7 +560,8 @@ FUZZED_SERVICES = frozenset(
 def assert_clean(reports: Sequence[Report]) -> None:
     """Fails listing every failure and problem of every report."""
     bad = [report for report in reports if not report.ok]
-    assert not bad, "\n\n".join(report.text() for report in bad)
+    if bad:
+        pytest.fail("\n\n".join(report.text() for report in bad), pytrace=False)
 
 
 __all__ = ["ALLOWED_CODES", "ALLOWED_HTTP", "FUZZED_SERVICES", "Report", "Target",

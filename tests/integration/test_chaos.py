@@ -26,7 +26,8 @@ async def test_kill_9_either_daemon_loses_nothing_and_runs_nothing_twice(
     result = await run_chaos(tmp_path, duration=CHAOS_SECONDS, docker_pause=DOCKER_PAUSE)
     print(result.text())
     verdict = result.verdict
-    assert sum(result.ledger.kills.values()) >= CHAOS_SECONDS // 10, result.text()
+    # a kill every 5-10 s, plus the restart: at least one per 20 s, whatever the machine
+    assert sum(result.ledger.kills.values()) >= CHAOS_SECONDS // 20, result.text()
     assert verdict.acked_tasks > 0 and verdict.acked_runs > 0, result.text()
     assert verdict.lost_tasks == [], result.text()
     assert verdict.ran_twice == [], result.text()
