@@ -3,6 +3,8 @@
 `/agent_infra.test.Slow/Sleep` takes the request bytes as a number of seconds, sleeps that long and
 echoes them back. `.../Ticks` streams b"tick" every 50 ms until cancelled. `.../Noise` makes the
 standard library log (asyncio's "Task exception was never retrieved", a warnings.warn) and echoes.
+`.../Big` answers as many bytes as the request's number; `.../BigStream` streams b"ok", then that
+many bytes, then b"ok" (responses over the message limit).
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ async def _noise(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) ->
     return request
 
 
+async def _big(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    return b"x" * int(request.decode())
+
+
+async def _big_stream(
+    request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[bytes]:
+    yield b"ok"
+    yield b"x" * int(request.decode())
+    yield b"ok"
+
+
 class SlowApp(EnvManagerApp):
     def register(self, server: grpc.aio.Server) -> None:
         super().register(server)
@@ -54,6 +68,8 @@ class SlowApp(EnvManagerApp):
             "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
             "Ticks": grpc.unary_stream_rpc_method_handler(_ticks),
             "Noise": grpc.unary_unary_rpc_method_handler(_noise),
+            "Big": grpc.unary_unary_rpc_method_handler(_big),
+            "BigStream": grpc.unary_stream_rpc_method_handler(_big_stream),
         })])
 
 

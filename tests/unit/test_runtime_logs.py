@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
+import structlog
 from agent_infra.runtime import logs
 
 
@@ -227,3 +228,44 @@ async def test_library_records_on_the_loop_share_its_write(unbuffered: CountingR
     (written,) = unbuffered.writes
     assert [json.loads(line)["event"] for line in written.decode().splitlines()] == [
         "ours", "theirs"]
+
+
+def test_repeated_errors_are_rate_limited_and_counted(out: CountingStream) -> None:
+    ours = logs.get_logger("test")
+    library = logging.getLogger("asyncio")
+    for _ in range(50):
+        ours.error("repeated_failure_ours", detail="same")
+        library.error("socket.accept() out of system resource (test %d)", 1)
+        ours.info("not_limited")  # info lines (every RPC's) are never dropped
+    logs.flush()
+    written = lines(out)
+    events = [str(line["event"]) for line in written]
+    assert events.count("repeated_failure_ours") == logs.REPEAT_BURST
+    assert events.count("socket.accept() out of system resource (test 1)") == logs.REPEAT_BURST
+    assert events.count("not_limited") == 50
+    reports = {str(line["similar_event"]): line for line in written
+               if line["event"] == logs.SUPPRESSED_EVENT}
+    ours_report = reports["repeated_failure_ours"]
+    assert ours_report["count"] == 50 - logs.REPEAT_BURST
+    assert ours_report["message"] == f"{50 - logs.REPEAT_BURST} similar lines suppressed"
+    library_report = reports["socket.accept() out of system resource (test 1)"]
+    assert library_report["count"] == 50 - logs.REPEAT_BURST
+    assert library_report["similar_logger"] == "asyncio"
+
+
+def test_the_repeat_bucket_refills_with_time() -> None:
+    now = [0.0]
+    limiter = logs._RepeatLimiter(burst=2, per_second=1.0, clock=lambda: now[0])
+
+    def passes(event: str = "boom", level: str = "error") -> bool:
+        try:
+            limiter(None, level, {"event": event, "level": level})
+        except structlog.DropEvent:
+            return False
+        return True
+
+    assert [passes() for _ in range(3)] == [True, True, False]
+    assert passes("other")  # each message has its own bucket
+    assert passes("boom", "info")  # below warning: never limited
+    now[0] += 1.0
+    assert [passes() for _ in range(2)] == [True, False]
