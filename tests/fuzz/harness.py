@@ -2,8 +2,9 @@
 
 The daemons run as subprocesses on free loopback ports (tests.daemon_support):
 
-* the orchestrator points at an env-manager address nobody listens on, so every task it
-  accepts stays queued and nothing fuzzed is ever executed;
+* the orchestrator dispatches to an env-manager whose classes name an absent image, so every
+  task it accepts is dispatched (its payload read, its templates rendered) and then refused:
+  nothing fuzzed is ever executed;
 * env-manager gets a stack of its own with one service, "fz", whose image is absent (pulls go to
   127.0.0.1:1 and fail at once), and the test image for cpu_short; every fuzzed ExecuteTask
   names an absent image (strategies.SAFETY), so nothing fuzzed runs there either.
@@ -44,7 +45,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 
-from tests.daemon_support import DaemonProcess, free_port, running_daemon
+from tests.daemon_support import DaemonProcess, running_daemon
 from tests.docker_support import TEST_IMAGE
 from tests.env_support import remove_stack_containers, stack_name
 from tests.fuzz.strategies import ABSENT_IMAGE_PREFIX, HttpCase, Rpc, http_cases, rpc_cases, rpcs
@@ -78,6 +79,8 @@ def _compact(text: str, limit: int = 400) -> str:
     text = re.sub(r"(.)\1{11,}", lambda m: f"{m.group(1)}*{len(m.group(0))}", text)
     text = re.sub(r"((?:\\x[0-9a-f]{2}|\\[0-7]{3}|\\u[0-9a-f]{4}))\1{5,}",
                   lambda m: f"{m.group(1)}*{len(m.group(0)) // len(m.group(1))}", text)
+    text = re.sub(r"(.{2,8}?)\1{5,}",
+                  lambda m: f"({m.group(1)})*{len(m.group(0)) // len(m.group(1))}", text)
     return text if len(text) <= limit else f"{text[:limit]}…(+{len(text) - limit} chars)"
 
 
@@ -221,6 +224,9 @@ class Target:
     routes: tuple[str, ...]
     seed: Callable[[grpc.aio.Channel], Coroutine[Any, Any, dict[str, Any]]]
     snapshot: Callable[[grpc.aio.Channel, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]
+    #: known-hostile cases (issue 10's findings), sent one after the other before the random
+    #: ones, so each run tries them whatever hypothesis draws
+    regressions: list[tuple[Rpc, Message] | HttpCase] = field(default_factory=list)
     seeded: dict[str, Any] = field(default_factory=dict)
     before: dict[str, Any] = field(default_factory=dict)
 
@@ -264,6 +270,13 @@ async def seed_orchestrator(channel: grpc.aio.Channel) -> dict[str, Any]:
     run = await stub.StartWorkflowRun(pb.StartWorkflowRunRequest(
         workflow_id=workflow, idempotency_key=f"seed-{tag}", input={"x": "1"}),
         timeout=UNARY_SECONDS)
+    # Settle: every seeded task and the run reach their end (refused: the image is absent).
+    async for _ in stub.StreamTaskResults(pb.StreamTaskResultsRequest(
+            task_ids=tasks, include_completed=True), timeout=120):
+        pass
+    async for _ in stub.StreamWorkflowStatus(pb.StreamWorkflowStatusRequest(run_id=run.run_id),
+                                             timeout=120):
+        pass
     return {"tasks": tasks, "workflow": workflow, "spec": spec, "version": created.version,
             "run_key": f"seed-{tag}", "run_id": run.run_id}
 
@@ -326,18 +339,72 @@ def _stub(channel: grpc.aio.Channel, module: Any, service: str) -> Any:
     return getattr(grpc_module, f"{service}Stub")(channel)
 
 
+def _deep(depth: int, kind: str) -> str:
+    if kind == "list":
+        return "[" * depth + "]" * depth
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+def orchestrator_regressions() -> list[tuple[Rpc, Message] | HttpCase]:
+    """Issue 10's inputs: deep step payloads then a run (finding 1), non-ASCII digits and
+    5,000-digit numbers in page tokens, payload controls, specs and HTTP bodies, priorities past
+    int64 (finding 11)."""
+    by_name = {rpc.name: rpc for rpc in rpcs(orchestrator_pb2.DESCRIPTOR)}
+    pb = orchestrator_pb2
+    cases: list[tuple[Rpc, Message] | HttpCase] = []
+    for depth in (500, 900, 950):
+        for kind in ("list", "object"):
+            workflow = f"deep-{kind}-{depth}"
+            spec = '{"steps":[{"id":"a","payload":{"x":' + _deep(depth, kind) + "}}]}"
+            cases.append((by_name["CreateWorkflow"],
+                          pb.CreateWorkflowRequest(id=workflow, spec=spec.encode())))
+            cases.append((by_name["StartWorkflowRun"],
+                          pb.StartWorkflowRunRequest(workflow_id=workflow)))
+    for number in ("²", "٣", "9" * 5000, str(2**63), str(2**70)):
+        cases.append((by_name["ListTasks"], pb.ListTasksRequest(page_token=number)))
+        for key in ("timeout_seconds", "max_attempts"):
+            request = pb.SubmitTaskRequest(id=f"num-{key}-{len(number)}-{ord(number[0])}",
+                                           payload={"command": "true", key: number})
+            cases.append((by_name["SubmitTask"], request))
+        spec = '{"steps":[{"id":"a","priority":' + number + "}]}" if number.isascii() else \
+            '{"steps":[{"id":"a","timeout_seconds":"' + number + '"}]}'
+        cases.append((by_name["CreateWorkflow"], pb.CreateWorkflowRequest(
+            id=f"num-{len(number)}-{ord(number[0])}", spec=spec.encode())))
+        body = '{"id":"http-' + str(len(number)) + '","priority":' + (
+            number if number.isascii() else '"' + number + '"') + "}"
+        cases.append(HttpCase("POST", "/queue/submit", body.encode(), "application/json"))
+    for depth in (900, 1000, 3000):
+        for kind in ("list", "object"):
+            body = '{"id":"deep","payload":{"x":' + _deep(depth, kind) + "}}"
+            cases.append(HttpCase("POST", "/queue/submit", body.encode(), "application/json"))
+    return cases
+
+
 @contextlib.asynccontextmanager
 async def orchestrator_target(workdir: Path) -> AsyncIterator[Target]:
-    workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before the daemon)
+    """The orchestrator, dispatching to an env-manager whose classes name an absent image: every
+    task is dispatched (payload keys read, templates rendered) and refused, nothing runs."""
+    workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before the daemons)
+    stack = stack_name()
+    em_config = workdir / f"{stack}.toml"
+    em_config.write_text(
+        f'[stack]\nname = "{stack}"\n' + "".join(
+            f'[workload_classes.{name}]\nimage = "{ABSENT_IMAGE_PREFIX}:never"\n'
+            f"concurrency = {concurrency}\n"
+            for name, concurrency in (("cpu_short", 4), ("cpu_long", 2), ("gpu", 0))))
     config = workdir / "orchestrator-fuzz.toml"
     config.write_text('[dispatch]\nretry_initial = "200ms"\nretry_max = "2s"\n'
                       'availability_check = "500ms"\n')
-    nobody = f"127.0.0.1:{free_port()}"  # no env-manager: accepted tasks stay queued
-    async with running_daemon("orchestrator", workdir, args=[
-            "--config", str(config), "--data-dir", str(workdir / "orchestrator-data"),
-            "--env-managers", nobody]) as daemon:
-        yield Target(daemon, rpcs(orchestrator_pb2.DESCRIPTOR), ORCHESTRATOR_ROUTES,
-                     seed_orchestrator, snapshot_orchestrator)
+    try:
+        async with running_daemon("env-manager", workdir, args=[
+                "--config", str(em_config), "--state-dir", str(workdir / "env-manager-state")
+        ]) as env_manager, running_daemon("orchestrator", workdir, args=[
+                "--config", str(config), "--data-dir", str(workdir / "orchestrator-data"),
+                "--env-managers", env_manager.grpc_addr]) as daemon:
+            yield Target(daemon, rpcs(orchestrator_pb2.DESCRIPTOR), ORCHESTRATOR_ROUTES,
+                         seed_orchestrator, snapshot_orchestrator, orchestrator_regressions())
+    finally:
+        await remove_stack_containers(stack)
 
 
 @contextlib.asynccontextmanager
@@ -496,6 +563,12 @@ def run_fuzz(target: Target, *, grpc_cases: int, http_cases_count: int,
         target.before = runner.run(target.snapshot(channel, target.seeded))
         pipeline = Pipeline(target, report, http, channel)
         began = time.monotonic()
+        for case in target.regressions:  # in order: a run follows its workflow's creation
+            if isinstance(case, HttpCase):
+                runner.run(pipeline.http_case(case))
+            else:
+                runner.run(pipeline.rpc(*case))
+            runner.run(pipeline.drain())
 
         @fuzz_settings(grpc_cases)
         @given(rpc_cases(target.rpcs))

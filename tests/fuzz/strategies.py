@@ -144,7 +144,8 @@ def deep_json() -> st.SearchStrategy[JSONText]:
         if kind == "object":
             return '{"a":' * depth + "1" + "}" * depth
         return '{"a":[' * depth + "1" + "]}" * depth
-    return st.builds(nest, st.sampled_from((50, 200, 900, 1000, 3000, 100_000)),
+    return st.builds(nest, st.sampled_from((50, 200, 500, 800, 900, 950, 999, 1000, 3000,
+                                            100_000)),
                      st.sampled_from(("list", "object", "mixed")))
 
 
