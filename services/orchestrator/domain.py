@@ -14,6 +14,7 @@ from typing import Any
 
 from agent_infra.runtime.errors import InvalidArgument, NotFound
 from agent_infra.runtime.logs import get_logger
+from agent_infra.runtime.parsing import INT64, parse_int
 from prometheus_client import CollectorRegistry
 
 from . import tasks_repo
@@ -200,6 +201,7 @@ def _page_start(page_token: str) -> int | None:
     """The seq a page token continues below (None: from the newest)."""
     if not page_token:
         return None
-    if not page_token.isdigit():
-        raise InvalidArgument("page_token is not one this server gave out")
-    return int(page_token)
+    try:
+        return parse_int(page_token, "page_token", 0, INT64[1])
+    except ValueError:
+        raise InvalidArgument("page_token is not one this server gave out") from None

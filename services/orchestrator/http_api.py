@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from agent_infra.runtime.errors import DomainError, InvalidArgument
+from agent_infra.runtime.errors import MAX_MESSAGE_CHARS, DomainError, InvalidArgument, shorten
+from agent_infra.runtime.parsing import INT32, load_json, parse_int
 from agent_infra.runtime.status import http_status
 from aiohttp import web
 
@@ -29,9 +30,9 @@ def queue_routes(domain: Callable[[], Orchestrator],
         if not authorize(request.headers.get("Authorization")):
             return _error(401, "missing or wrong bearer token")
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _error(400, f"body is not JSON: {exc}")
+            body = load_json(await request.read(), "body")
+        except ValueError as exc:
+            return _error(400, shorten(str(exc), MAX_MESSAGE_CHARS))
         try:
             task, created = await domain().scheduler.submit(task_request(body))
         except DomainError as exc:
@@ -53,6 +54,10 @@ def task_request(body: object) -> TaskRequest:
     priority = body.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise InvalidArgument("priority must be an integer")
+    try:
+        parse_int(priority, "priority", *INT32)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
     for key in ("id", "class", "workflow_id"):
         if not isinstance(body.get(key, ""), str):
             raise InvalidArgument(f"{key} must be a string")

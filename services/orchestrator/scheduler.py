@@ -25,7 +25,7 @@ from agent_infra.runtime.errors import (
     ResourceExhausted,
 )
 from agent_infra.runtime.logs import get_logger
-from agent_infra.runtime.parsing import truthy
+from agent_infra.runtime.parsing import INT32, parse_int, truthy
 
 from . import tasks_repo
 from .executors.protocol import CONTROL_KEYS, Execution, Executor, TransientFailure
@@ -163,10 +163,14 @@ class Scheduler:
         if size > self._limits.max_payload_bytes:
             raise ResourceExhausted(f"payload is {size} bytes; the limit is "
                                     f"{self._limits.max_payload_bytes}")
-        for key in ("timeout_seconds", "max_attempts"):
-            if key in request.payload and not request.payload[key].strip().isdigit():
-                raise InvalidArgument(f"payload.{key} must be a whole number of "
-                                      f"{'seconds' if key == 'timeout_seconds' else 'attempts'}")
+        try:
+            # ASCII digits in range, checked here: "²" or 5,000 digits never reach dispatch.
+            for key in ("timeout_seconds", "max_attempts"):
+                if key in request.payload:
+                    parse_int(request.payload[key], f"payload.{key}", 0, INT32[1])
+            parse_int(request.priority, "priority", *INT32)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
         if request.timeout_seconds < 0 or request.max_attempts < 0:
             raise InvalidArgument("timeout_seconds and max_attempts must be 0 (default) or more")
         return request
@@ -320,10 +324,11 @@ def _task_setting(task: Task, requested: int, control_key: str, class_default: i
     """The request's own value when set, else the payload's control key's, else the class's."""
     if requested > 0:
         return requested
-    text = task.payload.get(control_key, "").strip()
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    return class_default
+    try:
+        value = parse_int(task.payload.get(control_key, ""), control_key, 1, INT32[1])
+    except ValueError:
+        return class_default
+    return value
 
 
 def _dispatch_payload(payload: Mapping[str, str]) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Values people write as text, parsed the same way everywhere: durations and booleans.
+"""Values people write as text, parsed the same way everywhere: durations, booleans, integers
+and callers' JSON.
 
 Daemon config (TOML, environment, flags), task payloads and the `agent-infra` CLI all read these,
 so "1d" or "on" means the same in each. Standard library only: the client imports this module,
@@ -7,7 +8,10 @@ and importing it loads nothing of the daemons (agent_infra.runtime loads its mod
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from typing import Any
 
 #: The words (any case, surrounding blanks ignored) that switch a boolean on.
 TRUTHY = frozenset({"1", "true", "yes", "on"})
@@ -44,3 +48,79 @@ def parse_duration(value: object) -> float:
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
+
+
+#: int32 and int64, the integer ranges of the wire (and of SQLite's INTEGER).
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+#: The deepest nesting of arrays and objects a caller's JSON may have: every later stage (template
+#: rendering, encoding, the env-manager's decoding) handles this with room to spare.
+MAX_JSON_DEPTH = 64
+# ASCII digits only: str.isdigit() and int() also take "²" or "٣", which are no numbers here.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}", re.ASCII)
+_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+
+
+def parse_int(value: object, name: str, low: int, high: int) -> int:
+    """An integer in [low, high] from an int (not a bool) or a text of ASCII digits with an
+    optional sign (surrounding blanks ignored); ValueError naming `name` otherwise. Texts are
+    checked before conversion, so a 5,000-digit text costs nothing and says what is wrong."""
+    expected = f"{name} must be a whole number from {low} to {high}"
+    if isinstance(value, bool):
+        raise ValueError(f"{expected}, not a boolean")
+    if isinstance(value, str):
+        text = value.strip()
+        if not _INTEGER.fullmatch(text):
+            shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} chars)"
+            raise ValueError(f"{expected} (ASCII digits); got {shown}")
+        value = int(text)
+    if not isinstance(value, int):
+        raise ValueError(f"{expected}; got a {type(value).__name__}")
+    if not low <= value <= high:
+        shown = str(value) if abs(value) < 10**40 else "a number of over 40 digits"
+        raise ValueError(f"{expected}; got {shown}")
+    return value
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in JSON `text` (0 for a scalar), without recursion,
+    so any text can be measured before a recursive parser sees it."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(text):
+        token = match[0]
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
+def load_json(text: str | bytes, what: str, *, max_depth: int = MAX_JSON_DEPTH,
+              **options: Any) -> Any:
+    """json.loads for a caller's text: ValueError naming `what` when it is not JSON, nests deeper
+    than `max_depth`, or holds an integer out of int64 (or written with over 30 digits).
+    `options` go to json.loads (object_pairs_hook, parse_constant...)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{what} is not UTF-8: invalid byte at offset {exc.start}") from None
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ValueError(f"{what} nests arrays and objects {depth} deep; the limit is {max_depth}")
+    def finite(digits: str) -> float:
+        number = float(digits)
+        if not math.isfinite(number):
+            raise ValueError(f"{what}: the number {digits[:40]} is too large")
+        return number
+
+    try:
+        return json.loads(text, parse_int=lambda digits: parse_int(digits, f"{what}: a number",
+                                                                    *INT64),
+                          parse_float=finite, **options)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{what} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None

@@ -42,16 +42,37 @@ class WorkflowEngine:
         await repository.ensure_schema(self._store)
 
     async def resume(self) -> None:
-        """Move on every unfinished run, including steps whose task ended while we were down."""
-        for run in await repository.unfinished_runs(self._store):
-            for step in run.steps.values():
-                if step.status == StepStatus.RUNNING and step.task_id:
-                    with contextlib.suppress(DomainError):
-                        task = await self._scheduler.get(step.task_id)
-                        if task.status.terminal:
-                            await self._step_done(task)
-                            continue
-            await self._advance(run.run_id)
+        """Move on every unfinished run, including steps whose task ended while we were down.
+        A run that cannot be moved on (unreadable, unrenderable: any error) fails with the
+        reason; it never stops the daemon from starting."""
+        for run_id in await repository.unfinished_run_ids(self._store):
+            try:
+                await self._resume_run(run_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._abandon(run_id, exc)
+
+    async def _resume_run(self, run_id: str) -> None:
+        run = await repository.get_run(self._store, run_id)
+        for step in run.steps.values():
+            if step.status == StepStatus.RUNNING and step.task_id:
+                with contextlib.suppress(DomainError):
+                    task = await self._scheduler.get(step.task_id)
+                    if task.status.terminal:
+                        await self._step_done(task)
+        await self._advance(run_id)
+
+    async def _abandon(self, run_id: str, exc: BaseException) -> None:
+        """Contain an error to the one run it concerns: log it, fail the run with the reason."""
+        reason = f"internal error: {type(exc).__name__}: {str(exc)[:500]}"
+        log.error("workflow_run_failed_internally", run_id=run_id, error=reason,
+                  exc_info=not isinstance(exc, DomainError))
+        try:
+            if await repository.abandon_run(self._store, run_id, reason):
+                self._publish(await repository.get_run(self._store, run_id))
+        except Exception:
+            log.exception("workflow_run_not_failed", run_id=run_id)
 
     async def stop(self) -> None:
         for task in self._pending:
@@ -72,7 +93,13 @@ class WorkflowEngine:
         run, created = await repository.start_run(self._store, workflow_id, idempotency_key,
                                                run_input)
         if created:
-            await self._advance(run.run_id)
+            try:
+                await self._advance(run.run_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The run was stored: the caller gets it (failed, with why), never UNKNOWN.
+                await self._abandon(run.run_id, exc)
         return run, created
 
     async def watch(self, run_id: str) -> AsyncIterator[Run]:
@@ -95,9 +122,17 @@ class WorkflowEngine:
 
     def _on_task(self, task: Task) -> None:
         if task.run_id and task.status.terminal:
-            job = asyncio.get_running_loop().create_task(self._step_done(task))
+            job = asyncio.get_running_loop().create_task(self._step_done_contained(task))
             self._pending.add(job)
             job.add_done_callback(self._pending.discard)
+
+    async def _step_done_contained(self, task: Task) -> None:
+        try:
+            await self._step_done(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._abandon(task.run_id, exc)
 
     async def _step_done(self, task: Task) -> None:
         status = StepStatus.COMPLETED if task.status is TaskState.COMPLETED else StepStatus.FAILED
@@ -134,10 +169,15 @@ class WorkflowEngine:
                 id=task_id, task_class=step.task_class, payload=payload, priority=step.priority,
                 workflow_id=run.workflow_id, timeout_seconds=step.timeout_seconds,
                 max_attempts=step.max_attempts), run_id=run.run_id, step_id=step_id)
-        except DomainError as exc:
-            log.warning("step_not_submitted", run_id=run.run_id, step=step_id, error=str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Any error (a bad template, a bug) fails this step only, with the reason.
+            log.warning("step_not_submitted", run_id=run.run_id, step=step_id, error=str(exc),
+                        exc_info=not isinstance(exc, DomainError))
             await repository.update_step(self._store, run.run_id, step_id, StepStatus.FAILED,
-                                      task_id=task_id, error=str(exc))
+                                      task_id=task_id,
+                                      error=str(exc) or type(exc).__name__)
             return False
         await repository.update_step(self._store, run.run_id, step_id, StepStatus.RUNNING,
                                   task_id=task_id)

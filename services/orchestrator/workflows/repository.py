@@ -330,6 +330,45 @@ async def finish_run(store: Store, run_id: str, status: RunStatus | str, *, erro
     return await store.write(lambda tx: _finish(tx, run_id, target, error, output))
 
 
+async def unfinished_run_ids(store: Store) -> list[str]:
+    """The ids of pending and running runs, oldest first (nothing else of them is read, so one
+    unreadable run cannot hide the others)."""
+    rows = await _snapshot(store, lambda conn: conn.execute(
+        "SELECT run_id FROM workflow_runs WHERE status IN (?, ?) ORDER BY created_at, run_id",
+        UNFINISHED).fetchall())
+    return [str(row[0]) for row in rows]
+
+
+async def abandon_run(store: Store, run_id: str, error: str) -> bool:
+    """Fail a run that cannot be moved on (its spec or rows cannot be read or rendered), reading
+    nothing but its id: its steps not yet finished end failed or skipped, with `error`. False if
+    it had already ended."""
+    def apply(tx: Tx) -> bool:
+        cursor = tx.conn.execute(
+            "UPDATE workflow_runs SET status = ?, error = ?, finished_at = ? "
+            "WHERE run_id = ? AND status IN (?, ?)",
+            (RunStatus.FAILED.value, error, time.time(), run_id, *UNFINISHED))
+        if cursor.rowcount == 0:
+            return False
+        now = time.time()
+        tx.conn.execute(
+            "UPDATE workflow_run_steps SET status = ?, error = ?, finished_at = ? "
+            "WHERE run_id = ? AND status = ?",
+            (StepStatus.SKIPPED.value, "skipped: the run failed", now, run_id,
+             StepStatus.PENDING.value))
+        tx.conn.execute(
+            "UPDATE workflow_run_steps SET status = ?, error = ?, finished_at = ? "
+            "WHERE run_id = ? AND status = ?",
+            (StepStatus.FAILED.value, error, now, run_id, StepStatus.RUNNING.value))
+        row = tx.conn.execute("SELECT workflow_id FROM workflow_runs WHERE run_id = ?",
+                              (run_id,)).fetchone()
+        tx.event("workflow_failed", run_id, {"run_id": run_id, "workflow_id": str(row[0]),
+                                             "status": RunStatus.FAILED.value, "error": error})
+        return True
+
+    return await store.write(apply)
+
+
 async def advance_run(store: Store, run_id: str, *, fail_fast: bool = False) -> Actions:
     """Apply logic.next_actions to the run, in one transaction: skip what a failure
     blocks, end the run once every step is terminal; return the actions (the engine starts

@@ -27,6 +27,7 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from agent_infra.runtime.errors import InvalidArgument, ResourceExhausted
+from agent_infra.runtime.parsing import load_json
 
 from ..model import DEFAULT_CLASS
 from . import templating
@@ -202,29 +203,24 @@ def parse_spec(data: bytes | str, known_classes: Collection[str] | None,
 
 
 def _load_json(data: bytes | str) -> Any:
+    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    if size > MAX_SPEC_BYTES:
+        raise ResourceExhausted(f"spec is {size} bytes; the limit is {MAX_SPEC_BYTES}")
     if isinstance(data, bytes):
-        if len(data) > MAX_SPEC_BYTES:
-            raise ResourceExhausted(
-                f"spec is {len(data)} bytes; the limit is {MAX_SPEC_BYTES}")
         try:
-            text = data.decode("utf-8-sig")
+            data = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise InvalidArgument(
                 f"spec is not UTF-8: invalid byte at offset {exc.start}") from None
-    else:
-        text = data
-        if len(text.encode()) > MAX_SPEC_BYTES:
-            raise ResourceExhausted(f"spec is larger than {MAX_SPEC_BYTES} bytes")
-    if not text.strip():
+    if not data.strip():
         raise InvalidArgument("spec is empty: send a JSON object with \"steps\"")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys,
-                          parse_constant=_no_constants)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(
-            f"spec is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except RecursionError:
-        raise InvalidArgument("spec is nested too deeply") from None
+        # Bounded nesting and numbers: every later stage (rendering, encoding, the task's
+        # decoding) can handle what is accepted here, so no stored spec can fail them.
+        return load_json(data, "spec", object_pairs_hook=_no_duplicate_keys,
+                         parse_constant=_no_constants)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -20,6 +20,16 @@ each tag just before it submits the step's task. Whitespace inside the braces is
 ``{{ '{{' }}``
     A literal ``{{`` (the only escape; a ``}}`` outside a tag is already literal text).
 
+Filters: a tag may end with ``| raw`` or ``| quote``, as in ``{{ steps.a.result.stdout | raw }}``.
+
+Shell quoting (the default in text commands): a ``command`` payload value written as text (a
+string that is not a JSON array) is run by ``/bin/sh -c``, so every value substituted into it is
+quoted for the shell (``shlex.quote``) and arrives as one literal word, whatever it holds: a step
+whose stdout is ``x; rm -rf ~`` cannot run commands in the next step. ``| raw`` substitutes the
+value unquoted, for an operator who means the value to be shell code (and trusts where it comes
+from). ``| quote`` quotes anywhere (in any payload value). A ``command`` given as a JSON array
+(argv) runs with no shell, so its values are substituted as they are (JSON-escaped), never quoted.
+
 ``NAME`` and ``KEY`` are 1 or more letters, digits, ``_``, ``-``, ``.`` or ``:``; a key with other
 characters (a space, say) cannot be referenced. ``STEP`` is a step id.
 
@@ -39,9 +49,10 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from agent_infra.runtime.errors import InvalidArgument
 
@@ -57,6 +68,9 @@ _INPUT = re.compile(rf"input\.({_KEY})")
 _RESULT = re.compile(rf"steps\.({_STEP})\.result\.({_KEY})")
 _STATUS = re.compile(rf"steps\.({_STEP})\.status")
 _LITERAL_OPEN = "'{{'"
+_FILTERS = ("raw", "quote")
+# The payload key whose text value a shell runs (env-manager and Slurm alike).
+SHELL_KEY = "command"
 _SYNTAX = ("input.NAME, steps.STEP.result.KEY, steps.STEP.status, run.id, workflow.id, "
            "or '{{' for a literal {{")
 _JSON_OPTIONS: dict[str, Any] = {"sort_keys": True, "separators": (",", ":"),
@@ -65,6 +79,11 @@ _JSON_OPTIONS: dict[str, Any] = {"sort_keys": True, "separators": (",", ":"),
 
 class TemplateError(InvalidArgument):
     """A template is malformed, or names a value the run does not have."""
+
+
+class _Tag(NamedTuple):
+    reference: Reference
+    filter: str  # "", "raw" or "quote"
 
 
 class StepOutcome(Protocol):
@@ -93,11 +112,21 @@ class RenderContext:
     steps: Mapping[str, StepOutcome]
 
 
-def _parse_expression(expression: str) -> Reference | str:
-    """A tag's reference, or (for the escape) the literal text it stands for."""
+def _parse_expression(expression: str) -> _Tag | str:
+    """A tag's reference and filter, or (for the escape) the literal text it stands for."""
     text = expression.strip()
     if text == _LITERAL_OPEN:
         return "{{"
+    text, bar, filter_name = text.partition("|")
+    text, filter_name = text.strip(), filter_name.strip()
+    if bar and filter_name not in _FILTERS:
+        raise TemplateError(f"unknown template filter {filter_name[:40]!r} in "
+                            f"{{{{{expression[:200]}}}}}: use | raw or | quote")
+    reference = _parse_reference(text, expression)
+    return _Tag(reference, filter_name)
+
+
+def _parse_reference(text: str, expression: str) -> Reference:
     if text in ("run.id", "workflow.id"):
         return tuple(text.split("."))
     if match := _INPUT.fullmatch(text):
@@ -106,10 +135,11 @@ def _parse_expression(expression: str) -> Reference | str:
         return ("steps", match[1], "result", match[2])
     if match := _STATUS.fullmatch(text):
         return ("steps", match[1], "status")
-    raise TemplateError(f"unknown template expression {{{{{expression}}}}}: use {_SYNTAX}")
+    raise TemplateError(
+        f"unknown template expression {{{{{expression[:200]}}}}}: use {_SYNTAX}")
 
 
-def _segments(text: str) -> Iterator[str | Reference]:
+def _segments(text: str) -> Iterator[str | _Tag]:
     """Literal text (str) and references (tuple), in order; raises on malformed tags."""
     position = 0
     for match in _TAG.finditer(text):
@@ -135,27 +165,47 @@ def _check_literal(literal: str, offset: int) -> None:
 
 def references(text: str) -> set[Reference]:
     """Every reference in `text`; raises TemplateError for malformed tags (for spec validation)."""
-    return {segment for segment in _segments(text) if isinstance(segment, tuple)}
+    return {segment.reference for segment in _segments(text) if isinstance(segment, _Tag)}
 
 
 def json_strings(value: Any) -> Iterator[str]:
-    """Every string inside a JSON value (not object keys): the templates it holds."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list):
-        for item in value:
-            yield from json_strings(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from json_strings(item)
+    """Every string inside a JSON value (not object keys), in order: the templates it holds.
+    Iterative, so no nesting can exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
 
 
-def render(text: str, context: RenderContext) -> str:
-    """`text` with every tag replaced; TemplateError names a missing input, step or key."""
+def render(text: str, context: RenderContext, *, shell: bool = False) -> str:
+    """`text` with every tag replaced; TemplateError names a missing input, step or key. With
+    `shell` (a text command), each value is shell-quoted unless its tag says `| raw`."""
     parts: list[str] = []
     for segment in _segments(text):
-        parts.append(segment if isinstance(segment, str) else _resolve(segment, context))
+        if isinstance(segment, str):
+            parts.append(segment)
+            continue
+        value = _resolve(segment.reference, context)
+        if segment.filter == "quote" or (shell and segment.filter != "raw"):
+            value = shlex.quote(value)
+        parts.append(value)
     return "".join(parts)
+
+
+def runs_in_shell(key: str, value: str, json_keys: Collection[str]) -> bool:
+    """Whether payload value `value` of `key` is a text command a shell runs: the `command`
+    key given as a string that is not a JSON array (an array, in JSON or as text, is argv)."""
+    if key != SHELL_KEY or key in json_keys:
+        return False
+    try:
+        return not isinstance(json.loads(value), list)
+    except (ValueError, RecursionError):
+        return True
 
 
 def _resolve(reference: Reference, context: RenderContext) -> str:
@@ -188,13 +238,24 @@ def _names(mapping: Mapping[str, str]) -> str:
 
 
 def _render_json(value: Any, context: RenderContext) -> Any:
-    if isinstance(value, str):
-        return render(value, context)
-    if isinstance(value, list):
-        return [_render_json(item, context) for item in value]
-    if isinstance(value, dict):
-        return {key: _render_json(item, context) for key, item in value.items()}
-    return value
+    """`value` with every string in it rendered: a copy, built without recursion (an explicit
+    stack), so no nesting can exhaust the interpreter's stack."""
+    holder: list[Any] = [value]
+    stack: list[tuple[Any, Any]] = [(holder, 0)]
+    while stack:
+        container, key = stack.pop()
+        item = container[key]
+        if isinstance(item, str):
+            container[key] = render(item, context)
+        elif isinstance(item, list):
+            copied = list(item)
+            container[key] = copied
+            stack.extend((copied, index) for index in reversed(range(len(copied))))
+        elif isinstance(item, dict):
+            copied_map = dict(item)
+            container[key] = copied_map
+            stack.extend((copied_map, name) for name in reversed(list(copied_map)))
+    return holder[0]
 
 
 def encode_json(value: Any) -> str:
@@ -211,7 +272,8 @@ def render_payload(payload: Mapping[str, str], json_keys: Collection[str],
             if key in json_keys:
                 rendered[key] = encode_json(_render_json(json.loads(value), context))
             else:
-                rendered[key] = render(value, context)
+                rendered[key] = render(value, context,
+                                       shell=runs_in_shell(key, value, json_keys))
         except TemplateError as error:
             raise TemplateError(f"payload '{key}': {error}") from None
     return rendered

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent_infra.runtime.errors import InvalidArgument
+from agent_infra.runtime.parsing import parse_int
 
 SLURM_CLASS = "gpu_slurm"
 PAYLOAD_KEYS = ("command", "env", "stdin", "workdir", "gpus")
@@ -58,12 +59,15 @@ def parse_payload(payload: Mapping[str, str]) -> JobSpec:
     if workdir is not None and (not workdir.startswith("/") or "\0" in workdir):
         raise InvalidArgument(f"payload.workdir must be an absolute path; got {workdir!r:.200}")
     gpus_text = payload.get("gpus", "").strip()
-    if gpus_text and not (gpus_text.isdigit() and int(gpus_text) <= MAX_GPUS):
-        raise InvalidArgument(f"payload.gpus must be a whole number from 0 to {MAX_GPUS}; "
-                              f"got {gpus_text!r:.40}")
+    gpus = 0
+    if gpus_text:
+        try:
+            gpus = parse_int(gpus_text, "payload.gpus", 0, MAX_GPUS)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
     stdin = payload.get("stdin")
     return JobSpec(command, tuple(env), stdin if stdin else None, workdir,
-                   int(gpus_text) if gpus_text else 0)
+                   gpus)
 
 
 def _command(text: str) -> tuple[str, ...] | str:
