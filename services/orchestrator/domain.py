@@ -1,18 +1,22 @@
 """The orchestrator's domain in one object: store, scheduler, events, workflows, metrics.
 
 Built when the daemon starts (opening the store and recovering unfinished tasks and runs), torn
-down when it stops. Task-result streams are fed from the scheduler's change notifications.
+down when it stops. Task-result streams are fed from the scheduler's change notifications, each
+through a buffer bounded by `limits.subscriber_buffer`: a subscriber that leaves that many
+results unread has its buffer freed and its stream ended with RESOURCE_EXHAUSTED ("subscriber
+too slow"); it may subscribe again (include_completed gives every task's current state).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent_infra.runtime.errors import InvalidArgument, NotFound
+from agent_infra.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
 from agent_infra.runtime.logs import get_logger
 from agent_infra.runtime.parsing import INT64, parse_int
 from prometheus_client import CollectorRegistry
@@ -46,6 +50,41 @@ class TaskPage:
     next_page_token: str  # '' on the last page
 
 
+class _ResultBuffer:
+    """One results stream's unread changes, at most `capacity` of them."""
+
+    __slots__ = ("capacity", "overflowed", "queue", "wakeup", "wanted")
+
+    def __init__(self, wanted: set[str], capacity: int) -> None:
+        self.wanted = wanted
+        self.capacity = capacity
+        self.queue: deque[Task] = deque()
+        self.wakeup = asyncio.Event()
+        self.overflowed = False
+
+    def offer(self, task: Task) -> None:
+        if self.overflowed or (self.wanted and task.id not in self.wanted):
+            return
+        if len(self.queue) >= self.capacity:
+            # Free what is held rather than grow: the stream ends at its next read.
+            self.overflowed = True
+            self.queue.clear()
+        else:
+            self.queue.append(task)
+        self.wakeup.set()
+
+    async def get(self) -> Task:
+        while not self.queue:
+            if self.overflowed:
+                raise ResourceExhausted(
+                    f"results subscriber too slow: more than {self.capacity} results were left "
+                    "unread; open the stream again (include_completed gives each task's "
+                    "current state)")
+            self.wakeup.clear()
+            await self.wakeup.wait()
+        return self.queue.popleft()
+
+
 class Orchestrator:
     def __init__(self, settings: OrchestratorSettings, store: Store, executor: Executor,
                  registry: CollectorRegistry) -> None:
@@ -56,9 +95,11 @@ class Orchestrator:
         self.scheduler = Scheduler(store, executor, settings.classes, settings.dispatch,
                                    settings.limits, self.metrics)
         self.events = EventHub(store, retention_seconds=settings.events.retention,
-                               max_events=settings.events.max_events)
+                               max_events=settings.events.max_events,
+                               queue_size=settings.limits.subscriber_buffer)
         self.workflows = WorkflowEngine(store, self.scheduler, set(settings.classes))
         self._background: list[asyncio.Task[None]] = []
+        self._result_streams: set[_ResultBuffer] = set()
 
     @classmethod
     async def open(cls, settings: OrchestratorSettings, registry: CollectorRegistry,
@@ -88,15 +129,15 @@ class Orchestrator:
 
     async def watch_tasks(self, task_ids: Sequence[str], include_completed: bool
                           ) -> AsyncIterator[Task]:
-        """Each task's current state once, then its changes; ends when the named ids are done."""
-        changes: asyncio.Queue[Task] = asyncio.Queue()
+        """Each task's current state once, then its changes; ends when the named ids are done.
+
+        Raises ResourceExhausted when the consumer leaves more than `limits.subscriber_buffer`
+        changes unread (see the module's docstring)."""
         wanted = set(task_ids)
-
-        def listen(task: Task) -> None:
-            if not wanted or task.id in wanted:
-                changes.put_nowait(task)
-
+        changes = _ResultBuffer(wanted, self.settings.limits.subscriber_buffer)
+        listen = changes.offer
         self.scheduler.listeners.append(listen)
+        self._result_streams.add(changes)
         try:
             current = await self._current(task_ids, include_completed)
             last: dict[str, tuple[str, int]] = {}
@@ -117,8 +158,14 @@ class Orchestrator:
                     open_ids.discard(task.id)
                 yield task
         finally:
+            self._result_streams.discard(changes)
+            changes.queue.clear()
             with contextlib.suppress(ValueError):
                 self.scheduler.listeners.remove(listen)
+
+    def result_buffers(self) -> list[int]:
+        """How many unread changes each open results stream holds (observability, tests)."""
+        return [len(stream.queue) for stream in self._result_streams]
 
     async def _current(self, task_ids: Sequence[str], include_completed: bool) -> list[Task]:
         if task_ids:

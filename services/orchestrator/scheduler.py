@@ -5,6 +5,10 @@ full class never holds another back. A task is stored before its submit is ackno
 the store's unfinished tasks are queued again, running ones included: they are re-dispatched under
 the same execution id, which env-manager attaches to instead of running a second container.
 Whatever happens to one task (its failure, an executor error, a bug) ends that task only.
+
+Payloads stay on disk until dispatch: the in-memory record of a task (what ordering, limits and
+status reads need) never holds its payload, which the write marking the task running reads
+back from the store. 100,000 pending 1 MB tasks cost the store's disk, not the daemon's memory.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ class Scheduler:
         self._limits = limits
         self._metrics = metrics
         metrics.watch_queues(self.queue_depths)
-        self._live: dict[str, Task] = {}  # every non-terminal task
+        self._live: dict[str, Task] = {}  # every non-terminal task, its payload left on disk
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._seq = 0
@@ -140,10 +144,12 @@ class Scheduler:
             lambda tx: tasks_repo.insert(tx, request, seq, run_id, step_id))
         task = submitted.task
         if submitted.created:
-            self._live[task.id] = task
-            queue.push(task)
+            live = task.snapshot()
+            live.payload = {}  # on disk until dispatch (see the module's docstring)
+            self._live[task.id] = live
+            queue.push(live)
             self._metrics.submitted(task.task_class)
-            self._notify(task)
+            self._notify(live)
         return task, submitted.created
 
     def _validated(self, request: TaskRequest) -> TaskRequest:
@@ -250,17 +256,20 @@ class Scheduler:
         # A task found running after a restart resumes the same attempt: not a new one.
         attempt = task.attempts if task.status is TaskState.RUNNING else task.attempts + 1
         now = time.time()
-        if not await self._store.write(
-                lambda tx: tasks_repo.mark_running(tx, task.id, attempt, now)):
+        payload = await self._store.write(
+            lambda tx: tasks_repo.mark_running(tx, task.id, attempt, now))
+        if payload is None:
             return None
         waited = now - task.submitted_at
         # The same instant as stored, so a stream and a later read agree to the microsecond.
         task.status, task.attempts, task.started_at = TaskState.RUNNING, attempt, now
         self._metrics.started(task.task_class, waited)
         self._notify(task)
-        execution = Execution(task.execution_id, task.task_class, _dispatch_payload(task.payload),
-                              self._timeout(task))
-        max_attempts = self._max_attempts(task)
+        execution = Execution(task.execution_id, task.task_class, _dispatch_payload(payload),
+                              self._timeout(task, payload))
+        max_attempts = self._max_attempts(task, payload)
+        retry_on_failure = truthy(payload.get("retry_on_failure", ""))
+        del payload  # held by the execution while it runs, then nowhere
         try:
             outcome = await self._executor.execute(execution)
         except TransientFailure as exc:
@@ -275,7 +284,7 @@ class Scheduler:
         if outcome.success:
             await self._finish(task, TaskState.COMPLETED, outcome.result, "")
             return None
-        if _asks_retry(task) and attempt < max_attempts:
+        if retry_on_failure and attempt < max_attempts:
             return await self._retry(task, outcome.error, new_execution=True)
         await self._finish(task, TaskState.FAILED, outcome.result, outcome.error)
         return None
@@ -304,12 +313,12 @@ class Scheduler:
         self._metrics.finished(task.task_class, status.value, task.duration_ms / 1000)
         self._notify(task)
 
-    def _timeout(self, task: Task) -> int:
-        return _task_setting(task, task.timeout_seconds, "timeout_seconds",
+    def _timeout(self, task: Task, payload: Mapping[str, str]) -> int:
+        return _task_setting(payload, task.timeout_seconds, "timeout_seconds",
                              int(self._queues[task.task_class].settings.default_timeout))
 
-    def _max_attempts(self, task: Task) -> int:
-        return _task_setting(task, task.max_attempts, "max_attempts",
+    def _max_attempts(self, task: Task, payload: Mapping[str, str]) -> int:
+        return _task_setting(payload, task.max_attempts, "max_attempts",
                              self._queues[task.task_class].settings.max_attempts)
 
     def _notify(self, task: Task) -> None:
@@ -320,12 +329,13 @@ class Scheduler:
             listener(snapshot)
 
 
-def _task_setting(task: Task, requested: int, control_key: str, class_default: int) -> int:
+def _task_setting(payload: Mapping[str, str], requested: int, control_key: str,
+                  class_default: int) -> int:
     """The request's own value when set, else the payload's control key's, else the class's."""
     if requested > 0:
         return requested
     try:
-        value = parse_int(task.payload.get(control_key, ""), control_key, 1, INT32[1])
+        value = parse_int(payload.get(control_key, ""), control_key, 1, INT32[1])
     except ValueError:
         return class_default
     return value
@@ -333,7 +343,3 @@ def _task_setting(task: Task, requested: int, control_key: str, class_default: i
 
 def _dispatch_payload(payload: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in payload.items() if k not in CONTROL_KEYS}
-
-
-def _asks_retry(task: Task) -> bool:
-    return truthy(task.payload.get("retry_on_failure", ""))

@@ -56,6 +56,10 @@ class EventSettings(Section):
 
 class LimitSettings(Section):
     max_payload_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Results (StreamTaskResults) or events (StreamEvents) one subscriber may leave unread. Past
+    # it, a results stream ends with RESOURCE_EXHAUSTED ("subscriber too slow"); an events
+    # stream drops its buffer and reads the missed range back from the store (no gap).
+    subscriber_buffer: int = Field(10_000, ge=1, le=1_000_000)
 
 
 class SlurmSettings(Section):

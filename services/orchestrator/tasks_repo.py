@@ -21,6 +21,10 @@ from .store import Tx, to_json
 _COLUMNS = ("id, task_class, payload, priority, workflow_id, timeout_seconds, max_attempts, "
             "content_hash, seq, submitted_at, status, attempts, execution, result, error, "
             "started_at, finished_at, run_id, step_id")
+# The same columns with the payload left in the table: what queries that never hand a payload
+# out select, so 100,000 pending 1 MB tasks are not read into memory (a Task from these rows has
+# an empty payload; `mark_running` loads the real one when the task is dispatched).
+_COLUMNS_NO_PAYLOAD = _COLUMNS.replace("payload", "'{}'", 1)
 _NOT_TERMINAL = "status NOT IN ({})".format(", ".join(f"'{s.value}'" for s in TERMINAL))
 
 
@@ -77,13 +81,18 @@ def insert(tx: Tx, request: TaskRequest, seq: int, run_id: str = "", step_id: st
     return Submitted(task, created=True)
 
 
-def mark_running(tx: Tx, task_id: str, attempts: int, now: float) -> bool:
+def mark_running(tx: Tx, task_id: str, attempts: int, now: float) -> dict[str, str] | None:
+    """Mark the task running; its payload (read here: pending payloads stay on disk until
+    dispatch), or None when the task is already terminal."""
     cursor = tx.conn.execute(
         f"UPDATE tasks SET status = 'running', attempts = ?, started_at = ? "
         f"WHERE id = ? AND {_NOT_TERMINAL}", (attempts, now, task_id))
-    if cursor.rowcount:
-        tx.event("task_started", task_id, {"task_id": task_id, "attempt": str(attempts)})
-    return bool(cursor.rowcount)
+    if not cursor.rowcount:
+        return None
+    tx.event("task_started", task_id, {"task_id": task_id, "attempt": str(attempts)})
+    row = tx.conn.execute("SELECT payload FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    payload: dict[str, str] = json.loads(row[0])
+    return payload
 
 
 def mark_retrying(tx: Tx, task_id: str, attempts: int, reason: str, delay: float, *,
@@ -122,17 +131,20 @@ def get(conn: sqlite3.Connection, task_id: str) -> Task | None:
 
 
 def get_many(conn: sqlite3.Connection, task_ids: Sequence[str]) -> list[Task]:
+    """The tasks with these ids, without their payloads."""
     found: list[Task] = []
     for start in range(0, len(task_ids), 500):
         chunk = task_ids[start:start + 500]
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id IN "
+        rows = conn.execute(f"SELECT {_COLUMNS_NO_PAYLOAD} FROM tasks WHERE id IN "
                             f"({', '.join('?' * len(chunk))})", tuple(chunk)).fetchall()
         found.extend(_task(row) for row in rows)
     return found
 
 
 def unfinished(conn: sqlite3.Connection) -> list[Task]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE {_NOT_TERMINAL} ORDER BY seq")
+    """Every pending or running task, without its payload, in submit order."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS_NO_PAYLOAD} FROM tasks WHERE {_NOT_TERMINAL} ORDER BY seq")
     return [_task(row) for row in rows]
 
 
@@ -142,7 +154,7 @@ def max_seq(conn: sqlite3.Connection) -> int:
 
 def page(conn: sqlite3.Connection, *, statuses: Sequence[str], task_class: str,
          workflow_id: str, limit: int, before_seq: int | None) -> list[Task]:
-    """Newest first; `before_seq` continues a previous page."""
+    """Newest first, without payloads; `before_seq` continues a previous page."""
     where: list[str] = []
     args: list[object] = []
     if statuses:
@@ -158,8 +170,9 @@ def page(conn: sqlite3.Connection, *, statuses: Sequence[str], task_class: str,
         where.append("seq < ?")
         args.append(before_seq)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM tasks {clause} ORDER BY seq DESC LIMIT ?",
-                        (*args, limit)).fetchall()
+    rows = conn.execute(
+        f"SELECT {_COLUMNS_NO_PAYLOAD} FROM tasks {clause} ORDER BY seq DESC LIMIT ?",
+        (*args, limit)).fetchall()
     return [_task(row) for row in rows]
 
 
