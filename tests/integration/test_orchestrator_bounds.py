@@ -139,8 +139,8 @@ async def test_restart_with_many_large_pending_tasks_keeps_rss_low(tmp_path: Pat
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(first.channel())
         for start in range(0, count, 20):
             await asyncio.gather(*(stub.SubmitTask(pb.SubmitTaskRequest(
-                id=f"big-{i}", payload={"command": "true", "blob": f"{i:08d}" * (size // 8)},
-                **{"class": "cpu_short"}), timeout=60) for i in range(start, start + 20)))
+                id=f"big-{i}", payload={"command": "true", "blob": f"{i:08d}" * (size // 8)}),
+                timeout=60) for i in range(start, start + 20)))
     async with running_daemon("orchestrator", tmp_path, args=["--config", str(config)]) as second:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(second.channel())
         status = await stub.GetTaskStatus(pb.GetTaskStatusRequest(task_id="big-199"), timeout=30)
