@@ -24,7 +24,8 @@ async def _final(stub: object, run_id: str) -> pb.WorkflowStatusUpdate:
         pb.StreamWorkflowStatusRequest(run_id=run_id), timeout=120)
     async with asyncio.timeout(120):
         updates = [update async for update in call]
-    return updates[-1]
+    final: pb.WorkflowStatusUpdate = updates[-1]
+    return final
 
 
 async def test_step_output_in_a_text_command_is_printed_literally(tmp_path: Path) -> None:
