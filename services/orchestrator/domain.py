@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +36,9 @@ from .workflows.engine import WorkflowEngine
 log = get_logger("orchestrator")
 
 RETENTION_INTERVAL = 600.0
+# Finished tasks deleted per transaction: a long backlog is pruned in slices so it never holds
+# the single writer (and every submit waiting on it) for long.
+TASK_PRUNE_BATCH = 500
 # With no ids and include_completed, a results stream starts with this many recent finished tasks.
 RECENT_COMPLETED = 1000
 # ListTasks: the page size when none is asked for, and the most one page holds.
@@ -115,7 +119,35 @@ class Orchestrator:
         await orchestrator.workflows.resume()
         orchestrator._background.append(asyncio.get_running_loop().create_task(
             orchestrator.events.run_retention(RETENTION_INTERVAL)))
+        orchestrator._background.append(asyncio.get_running_loop().create_task(
+            orchestrator._task_retention()))
         return orchestrator
+
+    async def prune_tasks(self, now: float | None = None) -> int:
+        """Delete the tasks that finished over `retention.tasks` before `now` (default: now),
+        in batches, except those a live workflow run refers to; returns how many went."""
+        cutoff = (time.time() if now is None else now) - self.settings.retention.tasks
+        deleted = 0
+        while True:
+            count = await self.store.write(
+                lambda tx: tasks_repo.prune_finished(tx, cutoff, TASK_PRUNE_BATCH))
+            deleted += count
+            if count < TASK_PRUNE_BATCH:
+                return deleted
+
+    async def _task_retention(self) -> None:
+        """prune_tasks every `retention.interval`; a failed round is logged, the loop goes on."""
+        while True:
+            try:
+                deleted = await self.prune_tasks()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("tasks_prune_failed", error=str(exc))
+            else:
+                if deleted:
+                    log.info("tasks_pruned", deleted=deleted)
+            await asyncio.sleep(self.settings.retention.interval)
 
     def reconfigure(self, settings: OrchestratorSettings) -> None:
         # Kept as in effect (a refused Slurm change keeps the running [slurm]), so the next

@@ -54,6 +54,15 @@ class EventSettings(Section):
     max_events: int = Field(1_000_000, ge=1000)
 
 
+class RetentionSettings(Section):
+    """How long finished tasks are kept (then deleted in bounded batches, every `interval`).
+
+    A task a live (pending or running) workflow run refers to is kept whatever its age."""
+
+    tasks: Duration = Field(7 * 24 * 3600.0, gt=0)
+    interval: Duration = Field(600.0, gt=0)
+
+
 class LimitSettings(Section):
     max_payload_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     # Results (StreamTaskResults) or events (StreamEvents) one subscriber may leave unread. Past
@@ -113,6 +122,7 @@ class OrchestratorSettings(DaemonSettings):
     dispatch: DispatchSettings = DispatchSettings()
     events: EventSettings = EventSettings()
     limits: LimitSettings = LimitSettings()
+    retention: RetentionSettings = RetentionSettings()
     slurm: SlurmSettings = SlurmSettings()
 
     @model_validator(mode="after")

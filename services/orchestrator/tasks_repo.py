@@ -125,6 +125,19 @@ def finish(tx: Tx, task_id: str, status: TaskState, result: dict[str, str], erro
     return bool(cursor.rowcount)
 
 
+def prune_finished(tx: Tx, cutoff: float, limit: int) -> int:
+    """Delete up to `limit` tasks that finished before `cutoff`, keeping every task of a
+    workflow run that is not finished yet (its later steps read their results); how many went.
+    (The workflow tables exist: the domain creates them before any pruning.)"""
+    terminal = ", ".join(f"'{s.value}'" for s in TERMINAL)
+    return int(tx.conn.execute(
+        "DELETE FROM tasks WHERE id IN (SELECT t.id FROM tasks t "
+        f"WHERE t.finished_at > 0 AND t.finished_at < ? AND t.status IN ({terminal}) "
+        "AND NOT EXISTS (SELECT 1 FROM workflow_runs r WHERE t.run_id != '' "
+        "AND r.run_id = t.run_id AND r.status NOT IN ('completed', 'failed')) LIMIT ?)",
+        (cutoff, limit)).rowcount)
+
+
 def get(conn: sqlite3.Connection, task_id: str) -> Task | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
     return _task(row) if row else None

@@ -8,11 +8,14 @@ older than the retention period are deleted, but never one a live workflow run r
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from agent_infra.orchestrator import domain, tasks_repo
 from agent_infra.orchestrator.domain import Orchestrator
 from agent_infra.orchestrator.executors.in_process import InProcessExecutor
 from agent_infra.orchestrator.executors.protocol import Execution, ExecutionOutcome
@@ -35,11 +38,14 @@ class Recorder:
         self.calls: list[Execution] = []
         self.fail_once: set[str] = set()
         self.called = asyncio.Condition()
+        self.gate = asyncio.Event()  # payloads with "gate" wait for it
 
     async def __call__(self, execution: Execution) -> ExecutionOutcome:
         async with self.called:
             self.calls.append(execution)
             self.called.notify_all()
+        if "gate" in execution.payload:
+            await self.gate.wait()
         if execution.execution_id in self.fail_once:
             self.fail_once.discard(execution.execution_id)
             return ExecutionOutcome(False, {"exit_code": "1"}, "exit code 1")
@@ -173,5 +179,90 @@ async def test_unread_results_stream_is_dropped_at_its_bound(tmp_path: Path,
                     received += 1
         assert received == 0
         assert orch.result_buffers() == []
+    finally:
+        await orch.close()
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+DAY = 24 * 3600.0
+
+
+async def finish_all(orch: Orchestrator, *task_ids: str) -> None:
+    async with asyncio.timeout(60):
+        async for _ in orch.watch_tasks(list(task_ids), include_completed=True):
+            pass  # ends when every named task is terminal
+
+
+async def stored_ids(orch: Orchestrator) -> set[str]:
+    page = await orch.list_tasks(page_size=1000)
+    return {task.id for task in page.tasks}
+
+
+async def test_retention_deletes_old_finished_tasks_but_not_a_live_runs(
+        tmp_path: Path, backend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(domain, "TASK_PRUNE_BATCH", 2)  # several batches
+    orch = await open_orchestrator(tmp_path, backend, concurrency=2)
+    try:
+        for i in range(5):
+            await orch.scheduler.submit(TaskRequest(f"old{i}", "cpu_short", {}))
+        await orch.scheduler.submit(TaskRequest("waiting", "cpu_short", {"gate": "1"}))
+        spec = {"steps": [{"id": "a", "class": "cpu_short", "payload": {}},
+                          {"id": "b", "class": "cpu_short", "payload": {"gate": "1"},
+                           "depends_on": ["a"]}]}
+        await orch.workflows.create("wf", "wf", "", json.dumps(spec).encode())
+        run, _ = await orch.workflows.start_run("wf", "", {})
+        await finish_all(orch, *(f"old{i}" for i in range(5)))
+        async with backend.called:
+            await backend.called.wait_for(
+                lambda: sum(1 for c in backend.calls if c.payload.get("gate")) == 2)
+        run_tasks = {t.id for t in (await orch.list_tasks(page_size=1000)).tasks
+                     if t.workflow_id == "wf"}
+        assert len(run_tasks) == 2  # a finished, b running: the run is live
+
+        assert await orch.prune_tasks() == 0  # nothing is a week old yet
+        # Eight days on: the old tasks go, in batches; the live run's finished step stays,
+        # and so does the unfinished task.
+        assert await orch.prune_tasks(now=time.time() + 8 * DAY) == 5
+        assert await stored_ids(orch) == {"waiting", *run_tasks}
+
+        backend.gate.set()
+        await finish_all(orch, "waiting", *run_tasks)
+        async with asyncio.timeout(60):
+            async for update in orch.workflows.watch(run.run_id):
+                if update.status.terminal:
+                    break
+        # The run is over: its tasks may go now.
+        assert await orch.prune_tasks(now=time.time() + 8 * DAY) == 3
+        assert await stored_ids(orch) == set()
+    finally:
+        await orch.close()
+
+
+async def test_retention_loop_survives_a_failing_round(
+        tmp_path: Path, backend: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tasks_repo.prune_finished
+    calls = 0
+    pruned = asyncio.Event()
+
+    def flaky(tx: object, cutoff: float, limit: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("disk trouble")
+        count = real(tx, cutoff, limit)  # type: ignore[arg-type]
+        if count:
+            pruned.set()
+        return count
+
+    monkeypatch.setattr(tasks_repo, "prune_finished", flaky)
+    orch = await open_orchestrator(tmp_path, backend, concurrency=1,
+                                   retention={"tasks": "10ms", "interval": "20ms"})
+    try:
+        await orch.scheduler.submit(TaskRequest("gone", "cpu_short", {}))
+        async with asyncio.timeout(60):
+            await pruned.wait()
+        await orch.store.write(lambda tx: None)  # the pruning write is committed
+        assert calls >= 2 and "gone" not in await stored_ids(orch)
     finally:
         await orch.close()
