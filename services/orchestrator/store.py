@@ -21,6 +21,7 @@ subscribers only after the commit, in sequence order.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -110,6 +111,16 @@ class _Write(Generic[T]):
     future: asyncio.Future[T]
 
 
+def _owner_only(path: Path) -> None:
+    """The database and its -wal and -shm (those present) made mode 0600."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if file.stat().st_mode & 0o777 != 0o600:
+                os.chmod(file, 0o600)
+        except FileNotFoundError:
+            continue
+
+
 class Store:
     def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
         # Looked up once: on Python 3.11 each asyncio.get_running_loop() is a getpid() syscall.
@@ -133,11 +144,18 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (creating) the store at `path`: its files (the database, -wal and -shm) are
+        the owner's alone (0600; they hold payloads and env values), whatever the umask."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
         def connect() -> tuple[sqlite3.Connection, sqlite3.Connection]:
+            # Created 0600 before SQLite opens it, so SQLite creates -wal and -shm with the same
+            # mode; files an earlier release left 0644 are tightened before anything is written.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            _owner_only(path)
             writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             writer.execute("PRAGMA journal_mode=WAL")
+            _owner_only(path)
             # FULL: a commit is on disk (fsync) before any write in it is acknowledged.
             writer.execute("PRAGMA synchronous=FULL")
             writer.executescript(SCHEMA)
