@@ -246,6 +246,9 @@ class EventHub:
             except Unavailable as exc:
                 # A store hiccup must not end retention for good; the next round retries.
                 log.warning("events_prune_failed", error=str(exc))
+            except Exception:
+                # Nor may anything else (a bug): log it, retry next round.
+                log.exception("events_prune_failed")
             else:
                 if deleted:
                     log.info("events_pruned", deleted=deleted)
@@ -255,8 +258,13 @@ class EventHub:
 
     def _publish(self, events: list[Event]) -> None:
         self._last_published = events[-1].seq
-        for subscriber in self._subscribers:
-            subscriber.offer(events)
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.offer(events)
+            except Exception:
+                # One subscriber's failure ends that stream only, never the fan-out.
+                log.exception("event_subscriber_error")
+                self._detach(subscriber)
 
     def _detach(self, subscriber: _Subscriber) -> None:
         subscriber.closed = True

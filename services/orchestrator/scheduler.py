@@ -38,6 +38,8 @@ from .model import DEFAULT_CLASS, TASK_ID_PATTERN, Task, TaskRequest, TaskState
 from .settings import ClassSettings, DispatchSettings, LimitSettings
 from .store import Store
 
+# After an unexpected error in a class's dispatch loop, wait this long before the next round.
+DISPATCH_ERROR_PAUSE = 1.0
 log = get_logger("scheduler")
 
 TaskListener = Callable[[Task], None]
@@ -219,16 +221,26 @@ class Scheduler:
 
     async def _dispatch_loop(self, queue: ClassQueue) -> None:
         while True:
-            while not queue.can_dispatch:
-                queue.wake.clear()
-                await queue.wake.wait()
-            await self._executor.wait_until_available(queue.name)
-            task_id = queue.pop()
-            if task_id is None or task_id not in self._live:
-                continue
-            queue.running += 1
-            run = asyncio.get_running_loop().create_task(self._run(self._live[task_id], queue))
-            self._runs[task_id] = run
+            try:
+                await self._dispatch_next(queue)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug (or an executor error) must not end this class's dispatch for good.
+                log.exception("dispatch_loop_error", task_class=queue.name)
+                await asyncio.sleep(DISPATCH_ERROR_PAUSE)
+
+    async def _dispatch_next(self, queue: ClassQueue) -> None:
+        while not queue.can_dispatch:
+            queue.wake.clear()
+            await queue.wake.wait()
+        await self._executor.wait_until_available(queue.name)
+        task_id = queue.pop()
+        if task_id is None or task_id not in self._live:
+            return
+        queue.running += 1
+        run = asyncio.get_running_loop().create_task(self._run(self._live[task_id], queue))
+        self._runs[task_id] = run
 
     async def _run(self, task: Task, queue: ClassQueue) -> None:
         requeue_after: float | None = None
@@ -325,8 +337,12 @@ class Scheduler:
         if not self.listeners:
             return
         snapshot = task.snapshot()
-        for listener in self.listeners:
-            listener(snapshot)
+        for listener in list(self.listeners):
+            try:
+                listener(snapshot)
+            except Exception:
+                # One listener's bug (a stream, the workflow engine) is not the task's.
+                log.exception("task_listener_error", task_id=task.id)
 
 
 def _task_setting(payload: Mapping[str, str], requested: int, control_key: str,
