@@ -171,6 +171,10 @@ class SlurmExecutor:
         files.exit_record.unlink(missing_ok=True)
         job_files.write_atomic(files.script, render_script(spec, files, timeout_seconds),
                                mode=0o700)
+        # Slurm opens --output/--error with the job's umask: created here first, 0600, they
+        # keep that mode (an existing file's mode is not changed by opening it).
+        for output in (files.stdout, files.stderr):
+            job_files.create_private(output)
 
     # -- following -------------------------------------------------------------------------
 

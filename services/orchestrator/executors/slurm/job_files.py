@@ -130,6 +130,12 @@ def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
+def create_private(path: Path) -> None:
+    """`path` empty and mode 0600, whatever the umask."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    os.chmod(path, 0o600)
+
+
 def prune(work_dir: Path, retention: float, now: float) -> None:
     """Delete job files last written over `retention` seconds before `now`."""
     for path in work_dir.iterdir():

@@ -43,6 +43,8 @@ def render_script(spec: JobSpec, files: JobFiles, timeout_seconds: int) -> str:
     lines = [
         "#!/bin/sh",
         f"# agent-infra {SLURM_CLASS} execution {files.key}: written by the orchestrator.",
+        # What the job writes (its exit record, files the command makes) is its user's alone.
+        "umask 077",
         "started=$(date +%s.%N)",
         *(f"export {name}={q(value)}" for name, value in spec.env),
         # A subshell, so a failing cd still reaches the exit record below.
