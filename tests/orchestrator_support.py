@@ -60,7 +60,7 @@ def env_manager_toml(stack: str, io_dir: Path, workloads: Mapping[str, Workload]
     for name, workload in workloads.items():
         text += (f'[workload_classes.{name}]\nimage = "{TEST_IMAGE}"\n'
                  f"concurrency = {workload.concurrency}\n"
-                 f'mounts = ["{io_dir}:{IO_MOUNT}"]\n')
+                 f'mounts = ["{io_dir}:{IO_MOUNT}:rw"]\n')  # mounts are read-only unless rw
     return text
 
 
@@ -219,6 +219,7 @@ async def orchestrator_stack(
     name = stack_name()
     io = workdir / "io"
     io.mkdir(parents=True, exist_ok=True)
+    io.chmod(0o777)  # tasks run as uid 65534 (the class default), not as this test's uid
     em_config = workdir / f"{name}-env-manager.toml"
     em_config.write_text(env_manager_toml(
         name, io, workloads or {"cpu_short": Workload(4), "cpu_long": Workload(2)}))

@@ -31,7 +31,11 @@ async def pull_all(engine: DockerEngine, names: Sequence[str]) -> AsyncIterator[
         try:
             await asyncio.gather(*(pull_one(image) for image in dict.fromkeys(names)))
         finally:
-            await queue.put(None)
+            # The end (or the error, raised by `await worker`); not when cancelled: the reader
+            # has gone, nobody waits for it, and the queue may be full.
+            this = asyncio.current_task()
+            if this is None or not this.cancelling():
+                await queue.put(None)
 
     worker = asyncio.ensure_future(pull_every())
     try:

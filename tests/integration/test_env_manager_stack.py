@@ -127,7 +127,8 @@ async def test_stop_takes_dependents_first_and_reports_each(tmp_path: Path) -> N
 
 
 async def test_same_config_is_adopted_and_a_change_recreates(tmp_path: Path) -> None:
-    services = busybox_service("svc", "exec sleep 1d")
+    # Overrides are the registry's to allow: this service allows its env.
+    services = busybox_service("svc", "exec sleep 1d", extra='overridable = ["env"]\n')
     async with env_manager(tmp_path, services) as em:
         await em.start()
         first = (await em.status())["svc"].container_id
