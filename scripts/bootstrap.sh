@@ -4,7 +4,8 @@
 #   a. Python venv at $REPO/.venv with `pip install -e "${REPO}[test]"` (skipped while
 #      pyproject.toml is unchanged since the last successful install).
 #   b. A Docker engine answering `docker info` (installs docker.io + busybox-static from
-#      Debian's archive and starts dockerd when needed; needs root for that).
+#      Debian's archive and starts dockerd when needed; needs root for that), and debootstrap
+#      for the Debian base images scripts/build_image.sh makes.
 #   c. The local test image local/busybox:latest, built from the static busybox (no registry).
 #
 # Idempotent and fast when everything is already there. Run it, don't source it.
@@ -162,6 +163,11 @@ ensure_docker() {
     # A local registry (loopback only, run by the tests) for the image pull success path.
     if ! command -v docker-registry >/dev/null 2>&1; then
         pkgs+=(docker-registry)
+    fi
+    # debootstrap makes the Debian base images (scripts/build_image.sh: the compose image;
+    # the systemd test image), as no image registry is reachable.
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        pkgs+=(debootstrap)
     fi
     # systemd-analyze checks the units in deploy/systemd (systemd need not be PID 1).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
