@@ -54,3 +54,23 @@ def test_json_bodies_bounded() -> None:
 def test_slurm_gpus(gpus: str) -> None:
     with pytest.raises(InvalidArgument, match="gpus"):
         parse_payload({"command": "true", "gpus": gpus})
+
+
+@pytest.mark.parametrize("key", ["env", "command"])
+@pytest.mark.parametrize("text", ["[" * 5000 + "]" * 5000, '{"A": ' + "9" * 5000 + "}"])
+def test_slurm_json_values_bounded(key: str, text: str) -> None:
+    payload = {"command": "true", key: text}
+    if key == "env":
+        with pytest.raises(InvalidArgument, match=r"payload\.env"):
+            parse_payload(payload)
+    else:
+        parse_payload(payload)  # not JSON this server reads: shell text, no crash
+
+
+@pytest.mark.parametrize("key", ["command", "env"])
+def test_env_manager_deep_json_is_invalid_argument(key: str) -> None:
+    from agent_infra.env_manager.tasks.payload import parse_command, parse_env
+
+    parse = parse_command if key == "command" else parse_env
+    with pytest.raises(InvalidArgument, match=rf"payload\.{key}"):
+        parse("[" * 5000 + "]" * 5000)

@@ -128,6 +128,8 @@ def parse_command(text: str | None) -> tuple[str, ...] | None:
                               "shell command line")
     try:
         decoded = json.loads(text)
+    except RecursionError:
+        raise InvalidArgument("payload.command nests JSON arrays too deeply") from None
     except ValueError:
         # Not JSON: a shell command line such as `[ -f x ] && cat x`.
         return (*SHELL, text)
@@ -149,9 +151,11 @@ def parse_env(text: str | None) -> dict[str, str]:
         return {}
     try:
         decoded = json.loads(text)
+    except RecursionError:
+        raise InvalidArgument("payload.env nests JSON too deeply") from None
     except ValueError as exc:
-        raise InvalidArgument(f"payload.env is not valid JSON ({exc}); expected an object "
-                              "of strings such as {\"NAME\": \"value\"}") from None
+        raise InvalidArgument(f"payload.env is not valid JSON ({str(exc)[:200]}); expected an "
+                              "object of strings such as {\"NAME\": \"value\"}") from None
     if not isinstance(decoded, dict):
         raise InvalidArgument("payload.env must be a JSON object of strings such as "
                               "{\"NAME\": \"value\"}")

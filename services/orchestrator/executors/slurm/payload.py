@@ -11,13 +11,12 @@ Keys (all optional but command; any other key is refused as INVALID_ARGUMENT):
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent_infra.runtime.errors import InvalidArgument
-from agent_infra.runtime.parsing import parse_int
+from agent_infra.runtime.parsing import load_json, parse_int
 
 SLURM_CLASS = "gpu_slurm"
 PAYLOAD_KEYS = ("command", "env", "stdin", "workdir", "gpus")
@@ -44,9 +43,9 @@ def parse_payload(payload: Mapping[str, str]) -> JobSpec:
     env: list[tuple[str, str]] = []
     if text := payload.get("env", "").strip():
         try:
-            decoded = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument(f"payload.env is not JSON: {exc}") from None
+            decoded = load_json(text, "the value")
+        except ValueError as exc:
+            raise InvalidArgument(f"payload.env is not JSON this server accepts: {exc}") from None
         if not isinstance(decoded, dict) or not all(isinstance(v, str) for v in decoded.values()):
             raise InvalidArgument('payload.env must be a JSON object of strings, {"NAME": "value"}')
         for name, value in decoded.items():
@@ -77,8 +76,8 @@ def _command(text: str) -> tuple[str, ...] | str:
                               "strings, or text run by /bin/sh -c)")
     if stripped.startswith(("[", '"')):
         try:
-            decoded = json.loads(stripped)
-        except json.JSONDecodeError:
+            decoded = load_json(stripped, "payload.command")
+        except ValueError:
             decoded = None  # not JSON after all: shell text that starts with [ or "
         if isinstance(decoded, list):
             if not decoded or not all(isinstance(a, str) and "\0" not in a for a in decoded):
