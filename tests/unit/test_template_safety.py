@@ -80,3 +80,25 @@ def test_900_deep_spec_is_invalid_argument_naming_the_limit() -> None:
 def test_huge_numbers_in_specs_are_invalid_argument(number: str) -> None:
     with pytest.raises(InvalidArgument, match="spec"):
         parse_spec('{"steps": [{"id": "a", "payload": {"x": ' + number + "}}]}", None)
+
+
+HOSTILE = ["x; echo INJECTED $(id -u)", "a'b\"c", "';id;'", '";id;"', "$(id)`id`\\", "line\nnext",
+           "", " spaced  out ", "\\"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize(("command", "printed"), [
+    ("printf '%s|' {{ input.v }}", "{}"),
+    ("printf '%s|' '{{ input.v }}'", "{}"),
+    ("printf '%s|' \"{{ input.v }}\"", "{}"),
+    ("printf '%s|' pre{{ input.v }}post", "pre{}post"),
+    ("printf '%s|' \\{{ input.v }}", "{}"),
+    ("printf '%s|' \"a\\\"{{ input.v }}\"", 'a"{}'),
+    ("printf '%s|' 'it''s:{{ input.v }}'", "its:{}"),
+])
+def test_values_arrive_literally_wherever_the_tag_stands(command: str, printed: str,
+                                                         value: str) -> None:
+    context = RenderContext(run_id="r", workflow_id="w", input={"v": value}, steps={})
+    rendered = render_payload({"command": command}, (), context)["command"]
+    ran = subprocess.run(["/bin/sh", "-c", rendered], capture_output=True, text=True, check=True)
+    assert ran.stdout == printed.replace("{}", value) + "|", rendered

@@ -24,8 +24,10 @@ Filters: a tag may end with ``| raw`` or ``| quote``, as in ``{{ steps.a.result.
 
 Shell quoting (the default in text commands): a ``command`` payload value written as text (a
 string that is not a JSON array) is run by ``/bin/sh -c``, so every value substituted into it is
-quoted for the shell (``shlex.quote``) and arrives as one literal word, whatever it holds: a step
-whose stdout is ``x; rm -rf ~`` cannot run commands in the next step. ``| raw`` substitutes the
+quoted for the shell and arrives literally, whatever it holds: a step whose stdout is
+``x; rm -rf ~`` cannot run commands in the next step. Outside quotes a value becomes one quoted
+word (``shlex.quote``); a tag written inside ``'...'`` or ``"..."`` is escaped for those quotes,
+so ``echo '{{ steps.a.result.stdout }}'`` prints the value as it is too. ``| raw`` substitutes the
 value unquoted, for an operator who means the value to be shell code (and trusts where it comes
 from). ``| quote`` quotes anywhere (in any payload value). A ``command`` given as a JSON array
 (argv) runs with no shell, so its values are substituted as they are (JSON-escaped), never quoted.
@@ -186,15 +188,61 @@ def render(text: str, context: RenderContext, *, shell: bool = False) -> str:
     """`text` with every tag replaced; TemplateError names a missing input, step or key. With
     `shell` (a text command), each value is shell-quoted unless its tag says `| raw`."""
     parts: list[str] = []
+    quoting, escaped = _UNQUOTED, False  # the shell's state where the next tag stands
     for segment in _segments(text):
         if isinstance(segment, str):
             parts.append(segment)
+            if shell:
+                quoting, escaped = _quoting_after(segment, quoting)
             continue
         value = _resolve(segment.reference, context)
-        if segment.filter == "quote" or (shell and segment.filter != "raw"):
+        if segment.filter == "quote":
             value = shlex.quote(value)
+        elif shell and segment.filter != "raw":
+            value = _shell_literal(value, quoting)
+            if escaped:
+                # A backslash just before the tag would escape the value's first character
+                # (its opening quote): a backslash-newline is removed by the shell instead.
+                value = "\n" + value
+        if shell:
+            escaped = False
         parts.append(value)
     return "".join(parts)
+
+
+_UNQUOTED, _SINGLE, _DOUBLE = "", "'", '"'
+
+
+def _quoting_after(literal: str, state: str) -> tuple[str, bool]:
+    """The shell quoting state after `literal`, starting in `state`: outside quotes, inside
+    '...' or inside "..." (enough to quote a value for where it stands), and whether it ends
+    with a backslash that escapes what follows."""
+    escaped = False
+    for char in literal:
+        if escaped:
+            escaped = False
+        elif state == _SINGLE:
+            if char == "'":
+                state = _UNQUOTED
+        elif char == "\\":
+            escaped = True
+        elif state == _DOUBLE:
+            if char == '"':
+                state = _UNQUOTED
+        elif char in ("'", '"'):
+            state = char
+    return state, escaped
+
+
+def _shell_literal(value: str, state: str) -> str:
+    """`value` written so the shell reads it literally where it stands: one quoted word outside
+    quotes; inside '...' every ' closed, escaped and reopened; inside "..." the characters that
+    stay special there ($ ` " \\) escaped."""
+    if state == _SINGLE:
+        return value.replace("'", "'\\''")
+    if state == _DOUBLE:
+        return re.sub(r'([$`"\\])', r"\\\1", value)
+    return shlex.quote(value)
 
 
 def runs_in_shell(key: str, value: str, json_keys: Collection[str]) -> bool:
