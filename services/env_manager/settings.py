@@ -41,13 +41,16 @@ class StackSettings(Section):
 
 
 class StateSettings(Section):
-    dir: Path = Path.home() / ".local/state/agent-infra/env-manager"
+    # A factory, not a value: Path.home() runs only when the key is not configured. Under
+    # systemd DynamicUser= there is no home directory, and the unit sets the key instead.
+    dir: Path = Field(
+        default_factory=lambda: Path.home() / ".local/state/agent-infra/env-manager")
 
 
 class EnvManagerSettings(DaemonSettings):
     docker: DockerSettings = DockerSettings()
     stack: StackSettings = StackSettings()
-    state: StateSettings = StateSettings()
+    state: StateSettings = Field(default_factory=StateSettings)
     services: dict[str, ServiceSpec] = {}
     # Empty: cpu_short, cpu_long and gpu sized for this host (workloads.default_workload_classes).
     workload_classes: dict[str, WorkloadClass] = {}

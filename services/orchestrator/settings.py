@@ -29,7 +29,10 @@ class ClassSettings(Section):
 
 
 class StoreSettings(Section):
-    data_dir: Path = Path.home() / ".local/state/agent-infra/orchestrator"
+    # A factory, not a value: Path.home() runs only when the key is not configured. Under
+    # systemd DynamicUser= there is no home directory, and the unit sets the key instead.
+    data_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".local/state/agent-infra/orchestrator")
 
 
 class EnvManagerEndpoint(Section):
@@ -116,7 +119,7 @@ DEFAULT_CLASSES = {
 
 
 class OrchestratorSettings(DaemonSettings):
-    store: StoreSettings = StoreSettings()
+    store: StoreSettings = Field(default_factory=StoreSettings)
     classes: dict[str, ClassSettings] = Field(default_factory=dict)
     env_managers: list[EnvManagerEndpoint] = Field(default_factory=lambda: [EnvManagerEndpoint()])
     dispatch: DispatchSettings = DispatchSettings()
