@@ -9,6 +9,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import grpc
 import pytest
 from agent_infra.wire import orchestrator_pb2 as pb
 
@@ -67,6 +68,12 @@ async def test_a_poison_run_in_the_store_fails_alone(tmp_path: Path) -> None:
         await stack.start_orchestrator()
         health = await stack.stub.Health(pb.HealthRequest(), timeout=30)
         assert health.version
+        # The same spec sent today is refused where it is parsed, naming the limit.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.stub.CreateWorkflow(pb.CreateWorkflowRequest(
+                id="deep", name="deep", spec=deep.encode()), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "the limit is 64" in str(refused.value.details())
         final = await _final(stack.stub, run.run_id)
         assert final.status == "failed"
         assert "deep" in final.error, final.error
