@@ -67,9 +67,33 @@ class SystemdNotifier:
         interval = self._watchdog_interval
         if interval is None or not self._address:
             return
+        hang_file = os.environ.get(TEST_HANG_ENV, "")
         while True:
+            if hang_file:
+                _test_hang(hang_file)
             self.send(WATCHDOG="1")
             await asyncio.sleep(interval)
+
+
+# Test-only hook (tests/integration/test_systemd_deploy.py): freeze the event loop so the systemd
+# watchdog has something to kill. Off unless this variable names a file, which no shipped unit or
+# example config sets; even then it fires only while that file holds this process's own pid, so
+# the restarted daemon (a new pid) runs normally.
+TEST_HANG_ENV = "AGENT_INFRA_TEST_HANG_FILE"
+
+
+def _test_hang(path: str) -> None:
+    try:
+        with open(path) as handle:
+            wanted = handle.read().strip()
+    except OSError:
+        return
+    if wanted != str(os.getpid()):
+        return
+    log.warning("test_hang", file=path, pid=os.getpid())
+    logs.flush()
+    while True:  # blocks the loop itself: no more WATCHDOG=1, no RPCs
+        time.sleep(3600)
 
 
 def _watchdog_interval(env: Mapping[str, str]) -> float | None:
