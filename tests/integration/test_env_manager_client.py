@@ -45,6 +45,8 @@ from tests.daemon_support import (
 from tests.docker_support import TEST_IMAGE
 
 SERVICES = ("cache", "web", "worker")
+# Named by the config (a class may run it) but never built: PullImages tries it and fails.
+MISSING_IMAGE = f"local/agent-infra-missing-{uuid.uuid4().hex[:8]}:latest"
 
 
 def stack_config(stack: str, ports: Mapping[str, int]) -> str:
@@ -82,6 +84,7 @@ healthcheck = {{ type = "exec", command = ["test", "-f", "/tmp/ready"], interval
 
 [workload_classes.cpu_short]
 image = "{TEST_IMAGE}"
+allowed_images = ["{TEST_IMAGE}", "{MISSING_IMAGE}"]
 concurrency = 2
 default_timeout = "30s"
 max_timeout = "60s"
@@ -249,11 +252,14 @@ async def test_tasks_availability_and_pulls(tmp_path: Path, docker: aiodocker.Do
         assert "exit code 3" in failed.error
         assert failed.stderr == "oops\n"
 
-        missing = f"local/agent-infra-missing-{uuid.uuid4().hex[:8]}:latest"
+        missing = MISSING_IMAGE  # PullImages pulls only what the config names
         pulls = [p async for p in em.pull_images([missing], timeout=120)]
         assert pulls, "a pull always ends with a complete or an error item"
         assert {p.image_name for p in pulls} == {missing}
         assert pulls[-1].status == "error", pulls
+        unnamed = f"local/agent-infra-unnamed-{uuid.uuid4().hex[:8]}:latest"
+        with pytest.raises(InvalidArgument, match=unnamed):
+            _ = [p async for p in em.pull_images([unnamed], timeout=30)]
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -320,8 +320,12 @@ async def test_container_is_removed_when_the_caller_is_cancelled(harness: Harnes
         await caller
     # The run outlives its caller (a retry must find it), then stores its result and is removed.
     await harness.wait_gone(tid)
-    # The retry is the same request (a different one with the id is refused: see the
-    # request-binding tests below).
+
+    async def ended() -> bool:  # the removal comes just before the execution's end
+        return tid not in runner._inflight
+    await eventually(ended, "the execution to end")
+    # The retry is the same request (a different one with the id is refused:
+    # test_env_task_security.py).
     again = await run(runner, "sleep 1; echo finished", tid=tid)
     assert again.result["cached"] == "true" and again.result["stdout"] == "finished\n"
 

@@ -382,6 +382,8 @@ class TaskRunner:
                 del self._inflight[task_id]
             if execution.timer is not None:
                 execution.timer.cancel()
+            if execution.abandoned:  # normally taken by _finish; not when the run failed
+                self._abandoned.discard(task_id)
             if not task.cancelled():
                 task.exception()  # retrieved here: every caller may have gone
 
