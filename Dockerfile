@@ -3,16 +3,23 @@
 # Build it with scripts/build_image.sh, which first makes the base image with debootstrap
 # (no registry is reachable) and the wheels on the host (pip cannot reach PyPI inside a build):
 #   FROM local/debian-python:bookworm   minimal Debian 12 with python3 + python3-venv
-#   wheelhouse/                         `pip wheel . -w wheelhouse/`: this project + dependencies
+#   wheelhouse/deps/                    every dependency (scripts/wheelhouse.py) and
+#                                       requirements.txt, the runtime ones
+#   wheelhouse/project/                 this project's wheel
+# The dependencies go in first, in their own layer: a change of our code alone reuses it.
 # Run it with docker-compose.yml (`docker-compose up -d --wait`).
 
 FROM local/debian-python:bookworm AS install
-# scripts/build_image.sh removes this stage's leftover image after the build.
+# scripts/build_image.sh tags this stage (the cache of the dependency layer) and removes the
+# copies of it that a newer build replaced.
 LABEL org.agent-infra.stage=install
-COPY wheelhouse/ /wheelhouse/
+COPY wheelhouse/deps/ /wheelhouse/deps/
 RUN python3 -m venv /opt/agent-infra/.venv \
-    && /opt/agent-infra/.venv/bin/pip install --no-index --find-links /wheelhouse \
-        --no-cache-dir --disable-pip-version-check agent-infra \
+    && /opt/agent-infra/.venv/bin/pip install --no-index --find-links /wheelhouse/deps \
+        --no-cache-dir --disable-pip-version-check -r /wheelhouse/deps/requirements.txt
+COPY wheelhouse/project/ /wheelhouse/project/
+RUN /opt/agent-infra/.venv/bin/pip install --no-index --no-deps --no-cache-dir \
+        --disable-pip-version-check /wheelhouse/project/*.whl \
     && /opt/agent-infra/.venv/bin/pip check --disable-pip-version-check
 
 FROM local/debian-python:bookworm
