@@ -12,6 +12,14 @@ plus an __init__.py. protoc emits top-level imports between the generated module
 (``import env_manager_pb2 as env__manager__pb2``); they are rewritten to relative ones
 (``from . import env_manager_pb2 as env__manager__pb2``) so that the directory works as a package.
 
+The proto files keep the original stack's names, ``env_manager.v1.proto`` and
+``orchestrator.v1.proto``, because that name is the descriptor's ``name``: server reflection answers
+FileByFilename (``grpcurl describe``) by it. protoc turns such a file into a module *path*
+(``env_manager/v1_pb2.py``, imported as ``from env_manager import v1_pb2``); the generator flattens
+it back to one module per file, named without the version suffix (``env_manager_pb2``), rewriting
+the imports and module names that mention it. The serialized descriptor inside keeps the original
+file name.
+
 The output is deterministic: inputs are sorted and nothing depends on the time or the machine, so
 a test can regenerate into a temporary directory and compare byte for byte. It depends on the exact
 grpcio-tools and mypy-protobuf versions pinned in pyproject.toml (the test extra).
@@ -94,6 +102,49 @@ def run_protoc(proto_dir: Path, files: Sequence[Path], out_dir: Path) -> None:
         )
 
 
+def module_base(proto: Path) -> str:
+    """The flat module stem for a .proto: ``env_manager.v1.proto`` -> ``env_manager``.
+
+    A trailing ``.vN`` version component is dropped (the package keeps the version); any other dot
+    becomes an underscore, so that every generated module is a plain sibling in one package.
+    """
+    stem = re.sub(r"\.v[0-9]+$", "", proto.stem)
+    return stem.replace(".", "_")
+
+
+def protoc_path(proto: Path, suffix: str) -> str:
+    """Where protoc writes a generated file: the dots of the file stem become directories."""
+    return proto.stem.replace(".", "/") + suffix
+
+
+def flatten_module_names(text: str, dotted: dict[str, str]) -> str:
+    """Rewrite protoc's dotted module names (``env_manager.v1_pb2``) to the flat ones.
+
+    ``from env_manager import v1_pb2 [as alias]`` becomes ``from . import env_manager_pb2 as
+    alias`` (the alias, or the old local name, so the references below it stay valid); any other
+    mention of the dotted name (the module name passed to the descriptor builder, messages) becomes
+    the flat name.
+    """
+    if not dotted:
+        return text
+
+    def replace_import(match: re.Match[str]) -> str:
+        indent, package, module, alias = match.group("indent", "package", "module", "alias")
+        flat = dotted.get(f"{package}.{module}")
+        if flat is None:
+            return match.group(0)
+        return f"{indent}from . import {flat}{alias or f' as {module}'}"
+
+    pattern = re.compile(
+        r"^(?P<indent>[ \t]*)from (?P<package>[A-Za-z_][\w.]*) import (?P<module>\w+)"
+        r"(?P<alias> as \w+)?[ \t]*$",
+        re.MULTILINE,
+    )
+    text = pattern.sub(replace_import, text)
+    names = "|".join(re.escape(name) for name in sorted(dotted, key=len, reverse=True))
+    return re.sub(rf"(?<![\w.])(?:{names})(?!\w)", lambda m: dotted[m.group(0)], text)
+
+
 def relativize_imports(text: str, modules: frozenset[str]) -> str:
     """Turn ``import X_pb2 [as alias]`` of a sibling generated module into ``from . import ...``."""
 
@@ -121,18 +172,37 @@ def relativize_imports(text: str, modules: frozenset[str]) -> str:
 def generate(out_dir: Path, proto_dir: Path = PROTO_DIR) -> list[Path]:
     """Generate the stubs package into out_dir and return the files written, sorted."""
     files = proto_files(proto_dir)
-    stems = [path.stem for path in files]
-    modules = frozenset(stem + suffix for stem in stems for suffix in ("_pb2", "_pb2_grpc"))
-    expected = sorted(stem + suffix for stem in stems for suffix in GENERATED_SUFFIXES)
+    bases = [module_base(path) for path in files]
+    if len(set(bases)) != len(bases):
+        raise GenerationError(f"two .proto files map to one module name: {sorted(bases)}")
+    modules = frozenset(base + suffix for base in bases for suffix in ("_pb2", "_pb2_grpc"))
+    # protoc's output path -> our flat file name, and protoc's dotted module names -> ours.
+    renames = {
+        protoc_path(path, suffix): base + suffix
+        for path, base in zip(files, bases, strict=True)
+        for suffix in GENERATED_SUFFIXES
+    }
+    dotted = {
+        path.stem + suffix: base + suffix
+        for path, base in zip(files, bases, strict=True)
+        if "." in path.stem
+        for suffix in ("_pb2", "_pb2_grpc")
+    }
+    expected = sorted(renames)
 
     with tempfile.TemporaryDirectory(prefix="gen_proto.") as tmp:
         staging = Path(tmp)
         run_protoc(proto_dir, files, staging)
-        produced = sorted(path.name for path in staging.iterdir())
+        produced = sorted(
+            path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file()
+        )
         if produced != expected:
             raise GenerationError(f"protoc produced {produced}, expected {expected}")
         outputs = {
-            name: relativize_imports((staging / name).read_text(encoding="utf-8"), modules)
+            renames[name]: relativize_imports(
+                flatten_module_names((staging / name).read_text(encoding="utf-8"), dotted),
+                modules,
+            )
             for name in expected
         }
     outputs["__init__.py"] = INIT_TEXT

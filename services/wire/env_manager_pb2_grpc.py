@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from . import env_manager_pb2 as env__manager__pb2
+from . import env_manager_pb2 as env__manager_dot_v1__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -37,53 +37,53 @@ class EnvManagerServiceStub:
         """
         self.StartServices = channel.unary_stream(
                 '/env_manager.v1.EnvManagerService/StartServices',
-                request_serializer=env__manager__pb2.StartServicesRequest.SerializeToString,
-                response_deserializer=env__manager__pb2.ServiceStatusUpdate.FromString,
+                request_serializer=env__manager_dot_v1__pb2.StartServicesRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.ServiceStatusUpdate.FromString,
                 _registered_method=True)
         self.StopServices = channel.unary_unary(
                 '/env_manager.v1.EnvManagerService/StopServices',
-                request_serializer=env__manager__pb2.StopServicesRequest.SerializeToString,
-                response_deserializer=env__manager__pb2.StopServicesResponse.FromString,
+                request_serializer=env__manager_dot_v1__pb2.StopServicesRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.StopServicesResponse.FromString,
                 _registered_method=True)
         self.RestartService = channel.unary_unary(
                 '/env_manager.v1.EnvManagerService/RestartService',
-                request_serializer=env__manager__pb2.RestartServiceRequest.SerializeToString,
-                response_deserializer=env__manager__pb2.RestartServiceResponse.FromString,
+                request_serializer=env__manager_dot_v1__pb2.RestartServiceRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.RestartServiceResponse.FromString,
                 _registered_method=True)
         self.GetServicesStatus = channel.unary_unary(
                 '/env_manager.v1.EnvManagerService/GetServicesStatus',
-                request_serializer=env__manager__pb2.GetServicesStatusRequest.SerializeToString,
-                response_deserializer=env__manager__pb2.ServicesStatusResponse.FromString,
+                request_serializer=env__manager_dot_v1__pb2.GetServicesStatusRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.ServicesStatusResponse.FromString,
                 _registered_method=True)
         self.StreamHealth = channel.unary_stream(
                 '/env_manager.v1.EnvManagerService/StreamHealth',
-                request_serializer=env__manager__pb2.StreamHealthRequest.SerializeToString,
-                response_deserializer=env__manager__pb2.HealthUpdate.FromString,
+                request_serializer=env__manager_dot_v1__pb2.StreamHealthRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.HealthUpdate.FromString,
                 _registered_method=True)
         self.GetResourceAvailability = channel.unary_unary(
                 '/env_manager.v1.EnvManagerService/GetResourceAvailability',
-                request_serializer=env__manager__pb2.GetResourceAvailabilityRequest.SerializeToString,
-                response_deserializer=env__manager__pb2.ResourceAvailabilityResponse.FromString,
+                request_serializer=env__manager_dot_v1__pb2.GetResourceAvailabilityRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.ResourceAvailabilityResponse.FromString,
                 _registered_method=True)
         self.ExecuteTask = channel.unary_unary(
                 '/env_manager.v1.EnvManagerService/ExecuteTask',
-                request_serializer=env__manager__pb2.ExecuteTaskRequest.SerializeToString,
-                response_deserializer=env__manager__pb2.ExecuteTaskResponse.FromString,
+                request_serializer=env__manager_dot_v1__pb2.ExecuteTaskRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.ExecuteTaskResponse.FromString,
                 _registered_method=True)
         self.PullImages = channel.unary_stream(
                 '/env_manager.v1.EnvManagerService/PullImages',
-                request_serializer=env__manager__pb2.PullImagesRequest.SerializeToString,
-                response_deserializer=env__manager__pb2.ImagePullProgress.FromString,
+                request_serializer=env__manager_dot_v1__pb2.PullImagesRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.ImagePullProgress.FromString,
                 _registered_method=True)
         self.StreamLogs = channel.unary_stream(
                 '/env_manager.v1.EnvManagerService/StreamLogs',
-                request_serializer=env__manager__pb2.StreamLogsRequest.SerializeToString,
-                response_deserializer=env__manager__pb2.LogEntry.FromString,
+                request_serializer=env__manager_dot_v1__pb2.StreamLogsRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.LogEntry.FromString,
                 _registered_method=True)
         self.CancelTask = channel.unary_unary(
                 '/env_manager.v1.EnvManagerService/CancelTask',
-                request_serializer=env__manager__pb2.CancelTaskRequest.SerializeToString,
-                response_deserializer=env__manager__pb2.CancelTaskResponse.FromString,
+                request_serializer=env__manager_dot_v1__pb2.CancelTaskRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.CancelTaskResponse.FromString,
                 _registered_method=True)
 
 
@@ -168,53 +168,53 @@ def add_EnvManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'StartServices': grpc.unary_stream_rpc_method_handler(
                     servicer.StartServices,
-                    request_deserializer=env__manager__pb2.StartServicesRequest.FromString,
-                    response_serializer=env__manager__pb2.ServiceStatusUpdate.SerializeToString,
+                    request_deserializer=env__manager_dot_v1__pb2.StartServicesRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.ServiceStatusUpdate.SerializeToString,
             ),
             'StopServices': grpc.unary_unary_rpc_method_handler(
                     servicer.StopServices,
-                    request_deserializer=env__manager__pb2.StopServicesRequest.FromString,
-                    response_serializer=env__manager__pb2.StopServicesResponse.SerializeToString,
+                    request_deserializer=env__manager_dot_v1__pb2.StopServicesRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.StopServicesResponse.SerializeToString,
             ),
             'RestartService': grpc.unary_unary_rpc_method_handler(
                     servicer.RestartService,
-                    request_deserializer=env__manager__pb2.RestartServiceRequest.FromString,
-                    response_serializer=env__manager__pb2.RestartServiceResponse.SerializeToString,
+                    request_deserializer=env__manager_dot_v1__pb2.RestartServiceRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.RestartServiceResponse.SerializeToString,
             ),
             'GetServicesStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServicesStatus,
-                    request_deserializer=env__manager__pb2.GetServicesStatusRequest.FromString,
-                    response_serializer=env__manager__pb2.ServicesStatusResponse.SerializeToString,
+                    request_deserializer=env__manager_dot_v1__pb2.GetServicesStatusRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.ServicesStatusResponse.SerializeToString,
             ),
             'StreamHealth': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamHealth,
-                    request_deserializer=env__manager__pb2.StreamHealthRequest.FromString,
-                    response_serializer=env__manager__pb2.HealthUpdate.SerializeToString,
+                    request_deserializer=env__manager_dot_v1__pb2.StreamHealthRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.HealthUpdate.SerializeToString,
             ),
             'GetResourceAvailability': grpc.unary_unary_rpc_method_handler(
                     servicer.GetResourceAvailability,
-                    request_deserializer=env__manager__pb2.GetResourceAvailabilityRequest.FromString,
-                    response_serializer=env__manager__pb2.ResourceAvailabilityResponse.SerializeToString,
+                    request_deserializer=env__manager_dot_v1__pb2.GetResourceAvailabilityRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.ResourceAvailabilityResponse.SerializeToString,
             ),
             'ExecuteTask': grpc.unary_unary_rpc_method_handler(
                     servicer.ExecuteTask,
-                    request_deserializer=env__manager__pb2.ExecuteTaskRequest.FromString,
-                    response_serializer=env__manager__pb2.ExecuteTaskResponse.SerializeToString,
+                    request_deserializer=env__manager_dot_v1__pb2.ExecuteTaskRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.ExecuteTaskResponse.SerializeToString,
             ),
             'PullImages': grpc.unary_stream_rpc_method_handler(
                     servicer.PullImages,
-                    request_deserializer=env__manager__pb2.PullImagesRequest.FromString,
-                    response_serializer=env__manager__pb2.ImagePullProgress.SerializeToString,
+                    request_deserializer=env__manager_dot_v1__pb2.PullImagesRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.ImagePullProgress.SerializeToString,
             ),
             'StreamLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamLogs,
-                    request_deserializer=env__manager__pb2.StreamLogsRequest.FromString,
-                    response_serializer=env__manager__pb2.LogEntry.SerializeToString,
+                    request_deserializer=env__manager_dot_v1__pb2.StreamLogsRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.LogEntry.SerializeToString,
             ),
             'CancelTask': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelTask,
-                    request_deserializer=env__manager__pb2.CancelTaskRequest.FromString,
-                    response_serializer=env__manager__pb2.CancelTaskResponse.SerializeToString,
+                    request_deserializer=env__manager_dot_v1__pb2.CancelTaskRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.CancelTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -243,8 +243,8 @@ class EnvManagerService:
             request,
             target,
             '/env_manager.v1.EnvManagerService/StartServices',
-            env__manager__pb2.StartServicesRequest.SerializeToString,
-            env__manager__pb2.ServiceStatusUpdate.FromString,
+            env__manager_dot_v1__pb2.StartServicesRequest.SerializeToString,
+            env__manager_dot_v1__pb2.ServiceStatusUpdate.FromString,
             options,
             channel_credentials,
             insecure,
@@ -270,8 +270,8 @@ class EnvManagerService:
             request,
             target,
             '/env_manager.v1.EnvManagerService/StopServices',
-            env__manager__pb2.StopServicesRequest.SerializeToString,
-            env__manager__pb2.StopServicesResponse.FromString,
+            env__manager_dot_v1__pb2.StopServicesRequest.SerializeToString,
+            env__manager_dot_v1__pb2.StopServicesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -297,8 +297,8 @@ class EnvManagerService:
             request,
             target,
             '/env_manager.v1.EnvManagerService/RestartService',
-            env__manager__pb2.RestartServiceRequest.SerializeToString,
-            env__manager__pb2.RestartServiceResponse.FromString,
+            env__manager_dot_v1__pb2.RestartServiceRequest.SerializeToString,
+            env__manager_dot_v1__pb2.RestartServiceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -324,8 +324,8 @@ class EnvManagerService:
             request,
             target,
             '/env_manager.v1.EnvManagerService/GetServicesStatus',
-            env__manager__pb2.GetServicesStatusRequest.SerializeToString,
-            env__manager__pb2.ServicesStatusResponse.FromString,
+            env__manager_dot_v1__pb2.GetServicesStatusRequest.SerializeToString,
+            env__manager_dot_v1__pb2.ServicesStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -351,8 +351,8 @@ class EnvManagerService:
             request,
             target,
             '/env_manager.v1.EnvManagerService/StreamHealth',
-            env__manager__pb2.StreamHealthRequest.SerializeToString,
-            env__manager__pb2.HealthUpdate.FromString,
+            env__manager_dot_v1__pb2.StreamHealthRequest.SerializeToString,
+            env__manager_dot_v1__pb2.HealthUpdate.FromString,
             options,
             channel_credentials,
             insecure,
@@ -378,8 +378,8 @@ class EnvManagerService:
             request,
             target,
             '/env_manager.v1.EnvManagerService/GetResourceAvailability',
-            env__manager__pb2.GetResourceAvailabilityRequest.SerializeToString,
-            env__manager__pb2.ResourceAvailabilityResponse.FromString,
+            env__manager_dot_v1__pb2.GetResourceAvailabilityRequest.SerializeToString,
+            env__manager_dot_v1__pb2.ResourceAvailabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -405,8 +405,8 @@ class EnvManagerService:
             request,
             target,
             '/env_manager.v1.EnvManagerService/ExecuteTask',
-            env__manager__pb2.ExecuteTaskRequest.SerializeToString,
-            env__manager__pb2.ExecuteTaskResponse.FromString,
+            env__manager_dot_v1__pb2.ExecuteTaskRequest.SerializeToString,
+            env__manager_dot_v1__pb2.ExecuteTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -432,8 +432,8 @@ class EnvManagerService:
             request,
             target,
             '/env_manager.v1.EnvManagerService/PullImages',
-            env__manager__pb2.PullImagesRequest.SerializeToString,
-            env__manager__pb2.ImagePullProgress.FromString,
+            env__manager_dot_v1__pb2.PullImagesRequest.SerializeToString,
+            env__manager_dot_v1__pb2.ImagePullProgress.FromString,
             options,
             channel_credentials,
             insecure,
@@ -459,8 +459,8 @@ class EnvManagerService:
             request,
             target,
             '/env_manager.v1.EnvManagerService/StreamLogs',
-            env__manager__pb2.StreamLogsRequest.SerializeToString,
-            env__manager__pb2.LogEntry.FromString,
+            env__manager_dot_v1__pb2.StreamLogsRequest.SerializeToString,
+            env__manager_dot_v1__pb2.LogEntry.FromString,
             options,
             channel_credentials,
             insecure,
@@ -486,8 +486,8 @@ class EnvManagerService:
             request,
             target,
             '/env_manager.v1.EnvManagerService/CancelTask',
-            env__manager__pb2.CancelTaskRequest.SerializeToString,
-            env__manager__pb2.CancelTaskResponse.FromString,
+            env__manager_dot_v1__pb2.CancelTaskRequest.SerializeToString,
+            env__manager_dot_v1__pb2.CancelTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,9 +14,9 @@ Default listen port: 50100.
 """
 
 from collections import abc as _abc
+from . import env_manager_pb2 as _v1_pb2
 from grpc import aio as _aio
 import abc as _abc_1
-from . import env_manager_pb2 as _env_manager_pb2
 import grpc as _grpc
 import sys
 import typing as _typing
@@ -43,27 +43,27 @@ class EnvManagerServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EnvManagerServiceAsyncStub: ...
-    StartServices: _grpc.UnaryStreamMultiCallable[_env_manager_pb2.StartServicesRequest, _env_manager_pb2.ServiceStatusUpdate]
+    StartServices: _grpc.UnaryStreamMultiCallable[_v1_pb2.StartServicesRequest, _v1_pb2.ServiceStatusUpdate]
     """Starts the named services (all when none named) and streams their progress until each one is
     healthy or has failed.
     """
-    StopServices: _grpc.UnaryUnaryMultiCallable[_env_manager_pb2.StopServicesRequest, _env_manager_pb2.StopServicesResponse]
+    StopServices: _grpc.UnaryUnaryMultiCallable[_v1_pb2.StopServicesRequest, _v1_pb2.StopServicesResponse]
     """Stops the named services (all when none named)."""
-    RestartService: _grpc.UnaryUnaryMultiCallable[_env_manager_pb2.RestartServiceRequest, _env_manager_pb2.RestartServiceResponse]
+    RestartService: _grpc.UnaryUnaryMultiCallable[_v1_pb2.RestartServiceRequest, _v1_pb2.RestartServiceResponse]
     """Stops then starts one service."""
-    GetServicesStatus: _grpc.UnaryUnaryMultiCallable[_env_manager_pb2.GetServicesStatusRequest, _env_manager_pb2.ServicesStatusResponse]
+    GetServicesStatus: _grpc.UnaryUnaryMultiCallable[_v1_pb2.GetServicesStatusRequest, _v1_pb2.ServicesStatusResponse]
     """Returns a snapshot of the named services' state (all when none named)."""
-    StreamHealth: _grpc.UnaryStreamMultiCallable[_env_manager_pb2.StreamHealthRequest, _env_manager_pb2.HealthUpdate]
+    StreamHealth: _grpc.UnaryStreamMultiCallable[_v1_pb2.StreamHealthRequest, _v1_pb2.HealthUpdate]
     """Streams health updates for the named services (all when none named) until the caller cancels."""
-    GetResourceAvailability: _grpc.UnaryUnaryMultiCallable[_env_manager_pb2.GetResourceAvailabilityRequest, _env_manager_pb2.ResourceAvailabilityResponse]
+    GetResourceAvailability: _grpc.UnaryUnaryMultiCallable[_v1_pb2.GetResourceAvailabilityRequest, _v1_pb2.ResourceAvailabilityResponse]
     """Reports whether a workload class has free capacity, and the host's hardware."""
-    ExecuteTask: _grpc.UnaryUnaryMultiCallable[_env_manager_pb2.ExecuteTaskRequest, _env_manager_pb2.ExecuteTaskResponse]
+    ExecuteTask: _grpc.UnaryUnaryMultiCallable[_v1_pb2.ExecuteTaskRequest, _v1_pb2.ExecuteTaskResponse]
     """Runs one task and returns its result."""
-    PullImages: _grpc.UnaryStreamMultiCallable[_env_manager_pb2.PullImagesRequest, _env_manager_pb2.ImagePullProgress]
+    PullImages: _grpc.UnaryStreamMultiCallable[_v1_pb2.PullImagesRequest, _v1_pb2.ImagePullProgress]
     """Pulls container images and streams their progress."""
-    StreamLogs: _grpc.UnaryStreamMultiCallable[_env_manager_pb2.StreamLogsRequest, _env_manager_pb2.LogEntry]
+    StreamLogs: _grpc.UnaryStreamMultiCallable[_v1_pb2.StreamLogsRequest, _v1_pb2.LogEntry]
     """Streams a service's container logs."""
-    CancelTask: _grpc.UnaryUnaryMultiCallable[_env_manager_pb2.CancelTaskRequest, _env_manager_pb2.CancelTaskResponse]
+    CancelTask: _grpc.UnaryUnaryMultiCallable[_v1_pb2.CancelTaskRequest, _v1_pb2.CancelTaskResponse]
     """Added by agent-infra: kills a running task container (ExecuteTask's task_id); its result is
     stored as cancelled.
     """
@@ -73,27 +73,27 @@ class EnvManagerServiceAsyncStub(EnvManagerServiceStub):
     """The env-manager, dialled by the orchestrator on ENV_MANAGER_GRPC_ADDR."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    StartServices: _aio.UnaryStreamMultiCallable[_env_manager_pb2.StartServicesRequest, _env_manager_pb2.ServiceStatusUpdate]  # type: ignore[assignment]
+    StartServices: _aio.UnaryStreamMultiCallable[_v1_pb2.StartServicesRequest, _v1_pb2.ServiceStatusUpdate]  # type: ignore[assignment]
     """Starts the named services (all when none named) and streams their progress until each one is
     healthy or has failed.
     """
-    StopServices: _aio.UnaryUnaryMultiCallable[_env_manager_pb2.StopServicesRequest, _env_manager_pb2.StopServicesResponse]  # type: ignore[assignment]
+    StopServices: _aio.UnaryUnaryMultiCallable[_v1_pb2.StopServicesRequest, _v1_pb2.StopServicesResponse]  # type: ignore[assignment]
     """Stops the named services (all when none named)."""
-    RestartService: _aio.UnaryUnaryMultiCallable[_env_manager_pb2.RestartServiceRequest, _env_manager_pb2.RestartServiceResponse]  # type: ignore[assignment]
+    RestartService: _aio.UnaryUnaryMultiCallable[_v1_pb2.RestartServiceRequest, _v1_pb2.RestartServiceResponse]  # type: ignore[assignment]
     """Stops then starts one service."""
-    GetServicesStatus: _aio.UnaryUnaryMultiCallable[_env_manager_pb2.GetServicesStatusRequest, _env_manager_pb2.ServicesStatusResponse]  # type: ignore[assignment]
+    GetServicesStatus: _aio.UnaryUnaryMultiCallable[_v1_pb2.GetServicesStatusRequest, _v1_pb2.ServicesStatusResponse]  # type: ignore[assignment]
     """Returns a snapshot of the named services' state (all when none named)."""
-    StreamHealth: _aio.UnaryStreamMultiCallable[_env_manager_pb2.StreamHealthRequest, _env_manager_pb2.HealthUpdate]  # type: ignore[assignment]
+    StreamHealth: _aio.UnaryStreamMultiCallable[_v1_pb2.StreamHealthRequest, _v1_pb2.HealthUpdate]  # type: ignore[assignment]
     """Streams health updates for the named services (all when none named) until the caller cancels."""
-    GetResourceAvailability: _aio.UnaryUnaryMultiCallable[_env_manager_pb2.GetResourceAvailabilityRequest, _env_manager_pb2.ResourceAvailabilityResponse]  # type: ignore[assignment]
+    GetResourceAvailability: _aio.UnaryUnaryMultiCallable[_v1_pb2.GetResourceAvailabilityRequest, _v1_pb2.ResourceAvailabilityResponse]  # type: ignore[assignment]
     """Reports whether a workload class has free capacity, and the host's hardware."""
-    ExecuteTask: _aio.UnaryUnaryMultiCallable[_env_manager_pb2.ExecuteTaskRequest, _env_manager_pb2.ExecuteTaskResponse]  # type: ignore[assignment]
+    ExecuteTask: _aio.UnaryUnaryMultiCallable[_v1_pb2.ExecuteTaskRequest, _v1_pb2.ExecuteTaskResponse]  # type: ignore[assignment]
     """Runs one task and returns its result."""
-    PullImages: _aio.UnaryStreamMultiCallable[_env_manager_pb2.PullImagesRequest, _env_manager_pb2.ImagePullProgress]  # type: ignore[assignment]
+    PullImages: _aio.UnaryStreamMultiCallable[_v1_pb2.PullImagesRequest, _v1_pb2.ImagePullProgress]  # type: ignore[assignment]
     """Pulls container images and streams their progress."""
-    StreamLogs: _aio.UnaryStreamMultiCallable[_env_manager_pb2.StreamLogsRequest, _env_manager_pb2.LogEntry]  # type: ignore[assignment]
+    StreamLogs: _aio.UnaryStreamMultiCallable[_v1_pb2.StreamLogsRequest, _v1_pb2.LogEntry]  # type: ignore[assignment]
     """Streams a service's container logs."""
-    CancelTask: _aio.UnaryUnaryMultiCallable[_env_manager_pb2.CancelTaskRequest, _env_manager_pb2.CancelTaskResponse]  # type: ignore[assignment]
+    CancelTask: _aio.UnaryUnaryMultiCallable[_v1_pb2.CancelTaskRequest, _v1_pb2.CancelTaskResponse]  # type: ignore[assignment]
     """Added by agent-infra: kills a running task container (ExecuteTask's task_id); its result is
     stored as cancelled.
     """
@@ -104,9 +104,9 @@ class EnvManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def StartServices(
         self,
-        request: _env_manager_pb2.StartServicesRequest,
+        request: _v1_pb2.StartServicesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_env_manager_pb2.ServiceStatusUpdate], _abc.AsyncIterator[_env_manager_pb2.ServiceStatusUpdate]]:
+    ) -> _typing.Union[_abc.Iterator[_v1_pb2.ServiceStatusUpdate], _abc.AsyncIterator[_v1_pb2.ServiceStatusUpdate]]:
         """Starts the named services (all when none named) and streams their progress until each one is
         healthy or has failed.
         """
@@ -114,73 +114,73 @@ class EnvManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def StopServices(
         self,
-        request: _env_manager_pb2.StopServicesRequest,
+        request: _v1_pb2.StopServicesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_env_manager_pb2.StopServicesResponse, _abc.Awaitable[_env_manager_pb2.StopServicesResponse]]:
+    ) -> _typing.Union[_v1_pb2.StopServicesResponse, _abc.Awaitable[_v1_pb2.StopServicesResponse]]:
         """Stops the named services (all when none named)."""
 
     @_abc_1.abstractmethod
     def RestartService(
         self,
-        request: _env_manager_pb2.RestartServiceRequest,
+        request: _v1_pb2.RestartServiceRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_env_manager_pb2.RestartServiceResponse, _abc.Awaitable[_env_manager_pb2.RestartServiceResponse]]:
+    ) -> _typing.Union[_v1_pb2.RestartServiceResponse, _abc.Awaitable[_v1_pb2.RestartServiceResponse]]:
         """Stops then starts one service."""
 
     @_abc_1.abstractmethod
     def GetServicesStatus(
         self,
-        request: _env_manager_pb2.GetServicesStatusRequest,
+        request: _v1_pb2.GetServicesStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_env_manager_pb2.ServicesStatusResponse, _abc.Awaitable[_env_manager_pb2.ServicesStatusResponse]]:
+    ) -> _typing.Union[_v1_pb2.ServicesStatusResponse, _abc.Awaitable[_v1_pb2.ServicesStatusResponse]]:
         """Returns a snapshot of the named services' state (all when none named)."""
 
     @_abc_1.abstractmethod
     def StreamHealth(
         self,
-        request: _env_manager_pb2.StreamHealthRequest,
+        request: _v1_pb2.StreamHealthRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_env_manager_pb2.HealthUpdate], _abc.AsyncIterator[_env_manager_pb2.HealthUpdate]]:
+    ) -> _typing.Union[_abc.Iterator[_v1_pb2.HealthUpdate], _abc.AsyncIterator[_v1_pb2.HealthUpdate]]:
         """Streams health updates for the named services (all when none named) until the caller cancels."""
 
     @_abc_1.abstractmethod
     def GetResourceAvailability(
         self,
-        request: _env_manager_pb2.GetResourceAvailabilityRequest,
+        request: _v1_pb2.GetResourceAvailabilityRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_env_manager_pb2.ResourceAvailabilityResponse, _abc.Awaitable[_env_manager_pb2.ResourceAvailabilityResponse]]:
+    ) -> _typing.Union[_v1_pb2.ResourceAvailabilityResponse, _abc.Awaitable[_v1_pb2.ResourceAvailabilityResponse]]:
         """Reports whether a workload class has free capacity, and the host's hardware."""
 
     @_abc_1.abstractmethod
     def ExecuteTask(
         self,
-        request: _env_manager_pb2.ExecuteTaskRequest,
+        request: _v1_pb2.ExecuteTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_env_manager_pb2.ExecuteTaskResponse, _abc.Awaitable[_env_manager_pb2.ExecuteTaskResponse]]:
+    ) -> _typing.Union[_v1_pb2.ExecuteTaskResponse, _abc.Awaitable[_v1_pb2.ExecuteTaskResponse]]:
         """Runs one task and returns its result."""
 
     @_abc_1.abstractmethod
     def PullImages(
         self,
-        request: _env_manager_pb2.PullImagesRequest,
+        request: _v1_pb2.PullImagesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_env_manager_pb2.ImagePullProgress], _abc.AsyncIterator[_env_manager_pb2.ImagePullProgress]]:
+    ) -> _typing.Union[_abc.Iterator[_v1_pb2.ImagePullProgress], _abc.AsyncIterator[_v1_pb2.ImagePullProgress]]:
         """Pulls container images and streams their progress."""
 
     @_abc_1.abstractmethod
     def StreamLogs(
         self,
-        request: _env_manager_pb2.StreamLogsRequest,
+        request: _v1_pb2.StreamLogsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_env_manager_pb2.LogEntry], _abc.AsyncIterator[_env_manager_pb2.LogEntry]]:
+    ) -> _typing.Union[_abc.Iterator[_v1_pb2.LogEntry], _abc.AsyncIterator[_v1_pb2.LogEntry]]:
         """Streams a service's container logs."""
 
     @_abc_1.abstractmethod
     def CancelTask(
         self,
-        request: _env_manager_pb2.CancelTaskRequest,
+        request: _v1_pb2.CancelTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_env_manager_pb2.CancelTaskResponse, _abc.Awaitable[_env_manager_pb2.CancelTaskResponse]]:
+    ) -> _typing.Union[_v1_pb2.CancelTaskResponse, _abc.Awaitable[_v1_pb2.CancelTaskResponse]]:
         """Added by agent-infra: kills a running task container (ExecuteTask's task_id); its result is
         stored as cancelled.
         """

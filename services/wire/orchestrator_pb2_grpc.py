@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from . import orchestrator_pb2 as orchestrator__pb2
+from . import orchestrator_pb2 as orchestrator_dot_v1__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -37,63 +37,63 @@ class OrchestratorServiceStub:
         """
         self.SubmitTask = channel.unary_unary(
                 '/orchestrator.v1.OrchestratorService/SubmitTask',
-                request_serializer=orchestrator__pb2.SubmitTaskRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.SubmitTaskResponse.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.SubmitTaskRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.SubmitTaskResponse.FromString,
                 _registered_method=True)
         self.StreamTaskResults = channel.unary_stream(
                 '/orchestrator.v1.OrchestratorService/StreamTaskResults',
-                request_serializer=orchestrator__pb2.StreamTaskResultsRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.TaskResult.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.StreamTaskResultsRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.TaskResult.FromString,
                 _registered_method=True)
         self.GetTaskStatus = channel.unary_unary(
                 '/orchestrator.v1.OrchestratorService/GetTaskStatus',
-                request_serializer=orchestrator__pb2.GetTaskStatusRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.GetTaskStatusResponse.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.GetTaskStatusRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.GetTaskStatusResponse.FromString,
                 _registered_method=True)
         self.CreateWorkflow = channel.unary_unary(
                 '/orchestrator.v1.OrchestratorService/CreateWorkflow',
-                request_serializer=orchestrator__pb2.CreateWorkflowRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.CreateWorkflowResponse.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.CreateWorkflowRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.CreateWorkflowResponse.FromString,
                 _registered_method=True)
         self.StartWorkflowRun = channel.unary_unary(
                 '/orchestrator.v1.OrchestratorService/StartWorkflowRun',
-                request_serializer=orchestrator__pb2.StartWorkflowRunRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.StartWorkflowRunResponse.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.StartWorkflowRunRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.StartWorkflowRunResponse.FromString,
                 _registered_method=True)
         self.StreamWorkflowStatus = channel.unary_stream(
                 '/orchestrator.v1.OrchestratorService/StreamWorkflowStatus',
-                request_serializer=orchestrator__pb2.StreamWorkflowStatusRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.WorkflowStatusUpdate.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.StreamWorkflowStatusRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.WorkflowStatusUpdate.FromString,
                 _registered_method=True)
         self.GetMetrics = channel.unary_unary(
                 '/orchestrator.v1.OrchestratorService/GetMetrics',
-                request_serializer=orchestrator__pb2.GetMetricsRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.MetricsResponse.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.MetricsResponse.FromString,
                 _registered_method=True)
         self.StreamEvents = channel.unary_stream(
                 '/orchestrator.v1.OrchestratorService/StreamEvents',
-                request_serializer=orchestrator__pb2.StreamEventsRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.SystemEvent.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.StreamEventsRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.SystemEvent.FromString,
                 _registered_method=True)
         self.Health = channel.unary_unary(
                 '/orchestrator.v1.OrchestratorService/Health',
-                request_serializer=orchestrator__pb2.HealthRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.HealthResponse.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.HealthRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.HealthResponse.FromString,
                 _registered_method=True)
         self.CancelTask = channel.unary_unary(
                 '/orchestrator.v1.OrchestratorService/CancelTask',
-                request_serializer=orchestrator__pb2.CancelTaskRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.CancelTaskResponse.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.CancelTaskRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.CancelTaskResponse.FromString,
                 _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/orchestrator.v1.OrchestratorService/ListTasks',
-                request_serializer=orchestrator__pb2.ListTasksRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.ListTasksResponse.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
         self.ListWorkflows = channel.unary_unary(
                 '/orchestrator.v1.OrchestratorService/ListWorkflows',
-                request_serializer=orchestrator__pb2.ListWorkflowsRequest.SerializeToString,
-                response_deserializer=orchestrator__pb2.ListWorkflowsResponse.FromString,
+                request_serializer=orchestrator_dot_v1__pb2.ListWorkflowsRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
 
 
@@ -191,63 +191,63 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SubmitTask': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitTask,
-                    request_deserializer=orchestrator__pb2.SubmitTaskRequest.FromString,
-                    response_serializer=orchestrator__pb2.SubmitTaskResponse.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.SubmitTaskRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.SubmitTaskResponse.SerializeToString,
             ),
             'StreamTaskResults': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamTaskResults,
-                    request_deserializer=orchestrator__pb2.StreamTaskResultsRequest.FromString,
-                    response_serializer=orchestrator__pb2.TaskResult.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.StreamTaskResultsRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.TaskResult.SerializeToString,
             ),
             'GetTaskStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTaskStatus,
-                    request_deserializer=orchestrator__pb2.GetTaskStatusRequest.FromString,
-                    response_serializer=orchestrator__pb2.GetTaskStatusResponse.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.GetTaskStatusRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.GetTaskStatusResponse.SerializeToString,
             ),
             'CreateWorkflow': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateWorkflow,
-                    request_deserializer=orchestrator__pb2.CreateWorkflowRequest.FromString,
-                    response_serializer=orchestrator__pb2.CreateWorkflowResponse.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.CreateWorkflowRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.CreateWorkflowResponse.SerializeToString,
             ),
             'StartWorkflowRun': grpc.unary_unary_rpc_method_handler(
                     servicer.StartWorkflowRun,
-                    request_deserializer=orchestrator__pb2.StartWorkflowRunRequest.FromString,
-                    response_serializer=orchestrator__pb2.StartWorkflowRunResponse.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.StartWorkflowRunRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.StartWorkflowRunResponse.SerializeToString,
             ),
             'StreamWorkflowStatus': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamWorkflowStatus,
-                    request_deserializer=orchestrator__pb2.StreamWorkflowStatusRequest.FromString,
-                    response_serializer=orchestrator__pb2.WorkflowStatusUpdate.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.StreamWorkflowStatusRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.WorkflowStatusUpdate.SerializeToString,
             ),
             'GetMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMetrics,
-                    request_deserializer=orchestrator__pb2.GetMetricsRequest.FromString,
-                    response_serializer=orchestrator__pb2.MetricsResponse.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.GetMetricsRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.MetricsResponse.SerializeToString,
             ),
             'StreamEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamEvents,
-                    request_deserializer=orchestrator__pb2.StreamEventsRequest.FromString,
-                    response_serializer=orchestrator__pb2.SystemEvent.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.StreamEventsRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.SystemEvent.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
-                    request_deserializer=orchestrator__pb2.HealthRequest.FromString,
-                    response_serializer=orchestrator__pb2.HealthResponse.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.HealthRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.HealthResponse.SerializeToString,
             ),
             'CancelTask': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelTask,
-                    request_deserializer=orchestrator__pb2.CancelTaskRequest.FromString,
-                    response_serializer=orchestrator__pb2.CancelTaskResponse.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.CancelTaskRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.CancelTaskResponse.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTasks,
-                    request_deserializer=orchestrator__pb2.ListTasksRequest.FromString,
-                    response_serializer=orchestrator__pb2.ListTasksResponse.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.ListTasksRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.ListTasksResponse.SerializeToString,
             ),
             'ListWorkflows': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkflows,
-                    request_deserializer=orchestrator__pb2.ListWorkflowsRequest.FromString,
-                    response_serializer=orchestrator__pb2.ListWorkflowsResponse.SerializeToString,
+                    request_deserializer=orchestrator_dot_v1__pb2.ListWorkflowsRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.ListWorkflowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -276,8 +276,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/SubmitTask',
-            orchestrator__pb2.SubmitTaskRequest.SerializeToString,
-            orchestrator__pb2.SubmitTaskResponse.FromString,
+            orchestrator_dot_v1__pb2.SubmitTaskRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.SubmitTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -303,8 +303,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/StreamTaskResults',
-            orchestrator__pb2.StreamTaskResultsRequest.SerializeToString,
-            orchestrator__pb2.TaskResult.FromString,
+            orchestrator_dot_v1__pb2.StreamTaskResultsRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.TaskResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -330,8 +330,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/GetTaskStatus',
-            orchestrator__pb2.GetTaskStatusRequest.SerializeToString,
-            orchestrator__pb2.GetTaskStatusResponse.FromString,
+            orchestrator_dot_v1__pb2.GetTaskStatusRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.GetTaskStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -357,8 +357,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/CreateWorkflow',
-            orchestrator__pb2.CreateWorkflowRequest.SerializeToString,
-            orchestrator__pb2.CreateWorkflowResponse.FromString,
+            orchestrator_dot_v1__pb2.CreateWorkflowRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.CreateWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -384,8 +384,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/StartWorkflowRun',
-            orchestrator__pb2.StartWorkflowRunRequest.SerializeToString,
-            orchestrator__pb2.StartWorkflowRunResponse.FromString,
+            orchestrator_dot_v1__pb2.StartWorkflowRunRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.StartWorkflowRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -411,8 +411,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/StreamWorkflowStatus',
-            orchestrator__pb2.StreamWorkflowStatusRequest.SerializeToString,
-            orchestrator__pb2.WorkflowStatusUpdate.FromString,
+            orchestrator_dot_v1__pb2.StreamWorkflowStatusRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.WorkflowStatusUpdate.FromString,
             options,
             channel_credentials,
             insecure,
@@ -438,8 +438,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/GetMetrics',
-            orchestrator__pb2.GetMetricsRequest.SerializeToString,
-            orchestrator__pb2.MetricsResponse.FromString,
+            orchestrator_dot_v1__pb2.GetMetricsRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.MetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -465,8 +465,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/StreamEvents',
-            orchestrator__pb2.StreamEventsRequest.SerializeToString,
-            orchestrator__pb2.SystemEvent.FromString,
+            orchestrator_dot_v1__pb2.StreamEventsRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.SystemEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -492,8 +492,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/Health',
-            orchestrator__pb2.HealthRequest.SerializeToString,
-            orchestrator__pb2.HealthResponse.FromString,
+            orchestrator_dot_v1__pb2.HealthRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.HealthResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -519,8 +519,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/CancelTask',
-            orchestrator__pb2.CancelTaskRequest.SerializeToString,
-            orchestrator__pb2.CancelTaskResponse.FromString,
+            orchestrator_dot_v1__pb2.CancelTaskRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.CancelTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -546,8 +546,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/ListTasks',
-            orchestrator__pb2.ListTasksRequest.SerializeToString,
-            orchestrator__pb2.ListTasksResponse.FromString,
+            orchestrator_dot_v1__pb2.ListTasksRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.ListTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -573,8 +573,8 @@ class OrchestratorService:
             request,
             target,
             '/orchestrator.v1.OrchestratorService/ListWorkflows',
-            orchestrator__pb2.ListWorkflowsRequest.SerializeToString,
-            orchestrator__pb2.ListWorkflowsResponse.FromString,
+            orchestrator_dot_v1__pb2.ListWorkflowsRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.ListWorkflowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

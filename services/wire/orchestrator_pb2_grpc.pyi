@@ -15,9 +15,9 @@ Default listen port: 50052.
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from . import orchestrator_pb2 as _v1_pb2
 import abc as _abc_1
 import grpc as _grpc
-from . import orchestrator_pb2 as _orchestrator_pb2
 import sys
 import typing as _typing
 
@@ -43,31 +43,31 @@ class OrchestratorServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OrchestratorServiceAsyncStub: ...
-    SubmitTask: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.SubmitTaskRequest, _orchestrator_pb2.SubmitTaskResponse]
+    SubmitTask: _grpc.UnaryUnaryMultiCallable[_v1_pb2.SubmitTaskRequest, _v1_pb2.SubmitTaskResponse]
     """Queues one task."""
-    StreamTaskResults: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.StreamTaskResultsRequest, _orchestrator_pb2.TaskResult]
+    StreamTaskResults: _grpc.UnaryStreamMultiCallable[_v1_pb2.StreamTaskResultsRequest, _v1_pb2.TaskResult]
     """Streams task results as tasks finish, until the caller cancels."""
-    GetTaskStatus: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetTaskStatusRequest, _orchestrator_pb2.GetTaskStatusResponse]
+    GetTaskStatus: _grpc.UnaryUnaryMultiCallable[_v1_pb2.GetTaskStatusRequest, _v1_pb2.GetTaskStatusResponse]
     """Returns one task's current state."""
-    CreateWorkflow: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.CreateWorkflowRequest, _orchestrator_pb2.CreateWorkflowResponse]
+    CreateWorkflow: _grpc.UnaryUnaryMultiCallable[_v1_pb2.CreateWorkflowRequest, _v1_pb2.CreateWorkflowResponse]
     """Registers a workflow definition."""
-    StartWorkflowRun: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.StartWorkflowRunRequest, _orchestrator_pb2.StartWorkflowRunResponse]
+    StartWorkflowRun: _grpc.UnaryUnaryMultiCallable[_v1_pb2.StartWorkflowRunRequest, _v1_pb2.StartWorkflowRunResponse]
     """Starts a run of a registered workflow."""
-    StreamWorkflowStatus: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.StreamWorkflowStatusRequest, _orchestrator_pb2.WorkflowStatusUpdate]
+    StreamWorkflowStatus: _grpc.UnaryStreamMultiCallable[_v1_pb2.StreamWorkflowStatusRequest, _v1_pb2.WorkflowStatusUpdate]
     """Streams a workflow run's progress until it ends or the caller cancels."""
-    GetMetrics: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetMetricsRequest, _orchestrator_pb2.MetricsResponse]
+    GetMetrics: _grpc.UnaryUnaryMultiCallable[_v1_pb2.GetMetricsRequest, _v1_pb2.MetricsResponse]
     """Returns a snapshot of numeric metrics."""
-    StreamEvents: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.StreamEventsRequest, _orchestrator_pb2.SystemEvent]
+    StreamEvents: _grpc.UnaryStreamMultiCallable[_v1_pb2.StreamEventsRequest, _v1_pb2.SystemEvent]
     """Streams system events until the caller cancels."""
-    Health: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.HealthRequest, _orchestrator_pb2.HealthResponse]
+    Health: _grpc.UnaryUnaryMultiCallable[_v1_pb2.HealthRequest, _v1_pb2.HealthResponse]
     """Reports the orchestrator's health and version."""
-    CancelTask: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.CancelTaskRequest, _orchestrator_pb2.CancelTaskResponse]
+    CancelTask: _grpc.UnaryUnaryMultiCallable[_v1_pb2.CancelTaskRequest, _v1_pb2.CancelTaskResponse]
     """Added by agent-infra (new RPCs only; nothing above changes).
     Cancels a pending or running task; a terminal task is left as it is.
     """
-    ListTasks: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListTasksRequest, _orchestrator_pb2.ListTasksResponse]
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_v1_pb2.ListTasksRequest, _v1_pb2.ListTasksResponse]
     """Lists tasks, newest first, with filters and paging."""
-    ListWorkflows: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWorkflowsRequest, _orchestrator_pb2.ListWorkflowsResponse]
+    ListWorkflows: _grpc.UnaryUnaryMultiCallable[_v1_pb2.ListWorkflowsRequest, _v1_pb2.ListWorkflowsResponse]
     """Lists workflows (latest version of each)."""
 
 @_typing.type_check_only
@@ -75,31 +75,31 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """The orchestrator, dialled by agents (the Python client) on ORCHESTRATOR_GRPC_ADDR."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    SubmitTask: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.SubmitTaskRequest, _orchestrator_pb2.SubmitTaskResponse]  # type: ignore[assignment]
+    SubmitTask: _aio.UnaryUnaryMultiCallable[_v1_pb2.SubmitTaskRequest, _v1_pb2.SubmitTaskResponse]  # type: ignore[assignment]
     """Queues one task."""
-    StreamTaskResults: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.StreamTaskResultsRequest, _orchestrator_pb2.TaskResult]  # type: ignore[assignment]
+    StreamTaskResults: _aio.UnaryStreamMultiCallable[_v1_pb2.StreamTaskResultsRequest, _v1_pb2.TaskResult]  # type: ignore[assignment]
     """Streams task results as tasks finish, until the caller cancels."""
-    GetTaskStatus: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetTaskStatusRequest, _orchestrator_pb2.GetTaskStatusResponse]  # type: ignore[assignment]
+    GetTaskStatus: _aio.UnaryUnaryMultiCallable[_v1_pb2.GetTaskStatusRequest, _v1_pb2.GetTaskStatusResponse]  # type: ignore[assignment]
     """Returns one task's current state."""
-    CreateWorkflow: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.CreateWorkflowRequest, _orchestrator_pb2.CreateWorkflowResponse]  # type: ignore[assignment]
+    CreateWorkflow: _aio.UnaryUnaryMultiCallable[_v1_pb2.CreateWorkflowRequest, _v1_pb2.CreateWorkflowResponse]  # type: ignore[assignment]
     """Registers a workflow definition."""
-    StartWorkflowRun: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.StartWorkflowRunRequest, _orchestrator_pb2.StartWorkflowRunResponse]  # type: ignore[assignment]
+    StartWorkflowRun: _aio.UnaryUnaryMultiCallable[_v1_pb2.StartWorkflowRunRequest, _v1_pb2.StartWorkflowRunResponse]  # type: ignore[assignment]
     """Starts a run of a registered workflow."""
-    StreamWorkflowStatus: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.StreamWorkflowStatusRequest, _orchestrator_pb2.WorkflowStatusUpdate]  # type: ignore[assignment]
+    StreamWorkflowStatus: _aio.UnaryStreamMultiCallable[_v1_pb2.StreamWorkflowStatusRequest, _v1_pb2.WorkflowStatusUpdate]  # type: ignore[assignment]
     """Streams a workflow run's progress until it ends or the caller cancels."""
-    GetMetrics: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetMetricsRequest, _orchestrator_pb2.MetricsResponse]  # type: ignore[assignment]
+    GetMetrics: _aio.UnaryUnaryMultiCallable[_v1_pb2.GetMetricsRequest, _v1_pb2.MetricsResponse]  # type: ignore[assignment]
     """Returns a snapshot of numeric metrics."""
-    StreamEvents: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.StreamEventsRequest, _orchestrator_pb2.SystemEvent]  # type: ignore[assignment]
+    StreamEvents: _aio.UnaryStreamMultiCallable[_v1_pb2.StreamEventsRequest, _v1_pb2.SystemEvent]  # type: ignore[assignment]
     """Streams system events until the caller cancels."""
-    Health: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.HealthRequest, _orchestrator_pb2.HealthResponse]  # type: ignore[assignment]
+    Health: _aio.UnaryUnaryMultiCallable[_v1_pb2.HealthRequest, _v1_pb2.HealthResponse]  # type: ignore[assignment]
     """Reports the orchestrator's health and version."""
-    CancelTask: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.CancelTaskRequest, _orchestrator_pb2.CancelTaskResponse]  # type: ignore[assignment]
+    CancelTask: _aio.UnaryUnaryMultiCallable[_v1_pb2.CancelTaskRequest, _v1_pb2.CancelTaskResponse]  # type: ignore[assignment]
     """Added by agent-infra (new RPCs only; nothing above changes).
     Cancels a pending or running task; a terminal task is left as it is.
     """
-    ListTasks: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListTasksRequest, _orchestrator_pb2.ListTasksResponse]  # type: ignore[assignment]
+    ListTasks: _aio.UnaryUnaryMultiCallable[_v1_pb2.ListTasksRequest, _v1_pb2.ListTasksResponse]  # type: ignore[assignment]
     """Lists tasks, newest first, with filters and paging."""
-    ListWorkflows: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListWorkflowsRequest, _orchestrator_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
+    ListWorkflows: _aio.UnaryUnaryMultiCallable[_v1_pb2.ListWorkflowsRequest, _v1_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """Lists workflows (latest version of each)."""
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -108,81 +108,81 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def SubmitTask(
         self,
-        request: _orchestrator_pb2.SubmitTaskRequest,
+        request: _v1_pb2.SubmitTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestrator_pb2.SubmitTaskResponse, _abc.Awaitable[_orchestrator_pb2.SubmitTaskResponse]]:
+    ) -> _typing.Union[_v1_pb2.SubmitTaskResponse, _abc.Awaitable[_v1_pb2.SubmitTaskResponse]]:
         """Queues one task."""
 
     @_abc_1.abstractmethod
     def StreamTaskResults(
         self,
-        request: _orchestrator_pb2.StreamTaskResultsRequest,
+        request: _v1_pb2.StreamTaskResultsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.TaskResult], _abc.AsyncIterator[_orchestrator_pb2.TaskResult]]:
+    ) -> _typing.Union[_abc.Iterator[_v1_pb2.TaskResult], _abc.AsyncIterator[_v1_pb2.TaskResult]]:
         """Streams task results as tasks finish, until the caller cancels."""
 
     @_abc_1.abstractmethod
     def GetTaskStatus(
         self,
-        request: _orchestrator_pb2.GetTaskStatusRequest,
+        request: _v1_pb2.GetTaskStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestrator_pb2.GetTaskStatusResponse, _abc.Awaitable[_orchestrator_pb2.GetTaskStatusResponse]]:
+    ) -> _typing.Union[_v1_pb2.GetTaskStatusResponse, _abc.Awaitable[_v1_pb2.GetTaskStatusResponse]]:
         """Returns one task's current state."""
 
     @_abc_1.abstractmethod
     def CreateWorkflow(
         self,
-        request: _orchestrator_pb2.CreateWorkflowRequest,
+        request: _v1_pb2.CreateWorkflowRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestrator_pb2.CreateWorkflowResponse, _abc.Awaitable[_orchestrator_pb2.CreateWorkflowResponse]]:
+    ) -> _typing.Union[_v1_pb2.CreateWorkflowResponse, _abc.Awaitable[_v1_pb2.CreateWorkflowResponse]]:
         """Registers a workflow definition."""
 
     @_abc_1.abstractmethod
     def StartWorkflowRun(
         self,
-        request: _orchestrator_pb2.StartWorkflowRunRequest,
+        request: _v1_pb2.StartWorkflowRunRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestrator_pb2.StartWorkflowRunResponse, _abc.Awaitable[_orchestrator_pb2.StartWorkflowRunResponse]]:
+    ) -> _typing.Union[_v1_pb2.StartWorkflowRunResponse, _abc.Awaitable[_v1_pb2.StartWorkflowRunResponse]]:
         """Starts a run of a registered workflow."""
 
     @_abc_1.abstractmethod
     def StreamWorkflowStatus(
         self,
-        request: _orchestrator_pb2.StreamWorkflowStatusRequest,
+        request: _v1_pb2.StreamWorkflowStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.WorkflowStatusUpdate], _abc.AsyncIterator[_orchestrator_pb2.WorkflowStatusUpdate]]:
+    ) -> _typing.Union[_abc.Iterator[_v1_pb2.WorkflowStatusUpdate], _abc.AsyncIterator[_v1_pb2.WorkflowStatusUpdate]]:
         """Streams a workflow run's progress until it ends or the caller cancels."""
 
     @_abc_1.abstractmethod
     def GetMetrics(
         self,
-        request: _orchestrator_pb2.GetMetricsRequest,
+        request: _v1_pb2.GetMetricsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestrator_pb2.MetricsResponse, _abc.Awaitable[_orchestrator_pb2.MetricsResponse]]:
+    ) -> _typing.Union[_v1_pb2.MetricsResponse, _abc.Awaitable[_v1_pb2.MetricsResponse]]:
         """Returns a snapshot of numeric metrics."""
 
     @_abc_1.abstractmethod
     def StreamEvents(
         self,
-        request: _orchestrator_pb2.StreamEventsRequest,
+        request: _v1_pb2.StreamEventsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.SystemEvent], _abc.AsyncIterator[_orchestrator_pb2.SystemEvent]]:
+    ) -> _typing.Union[_abc.Iterator[_v1_pb2.SystemEvent], _abc.AsyncIterator[_v1_pb2.SystemEvent]]:
         """Streams system events until the caller cancels."""
 
     @_abc_1.abstractmethod
     def Health(
         self,
-        request: _orchestrator_pb2.HealthRequest,
+        request: _v1_pb2.HealthRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestrator_pb2.HealthResponse, _abc.Awaitable[_orchestrator_pb2.HealthResponse]]:
+    ) -> _typing.Union[_v1_pb2.HealthResponse, _abc.Awaitable[_v1_pb2.HealthResponse]]:
         """Reports the orchestrator's health and version."""
 
     @_abc_1.abstractmethod
     def CancelTask(
         self,
-        request: _orchestrator_pb2.CancelTaskRequest,
+        request: _v1_pb2.CancelTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestrator_pb2.CancelTaskResponse, _abc.Awaitable[_orchestrator_pb2.CancelTaskResponse]]:
+    ) -> _typing.Union[_v1_pb2.CancelTaskResponse, _abc.Awaitable[_v1_pb2.CancelTaskResponse]]:
         """Added by agent-infra (new RPCs only; nothing above changes).
         Cancels a pending or running task; a terminal task is left as it is.
         """
@@ -190,17 +190,17 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ListTasks(
         self,
-        request: _orchestrator_pb2.ListTasksRequest,
+        request: _v1_pb2.ListTasksRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestrator_pb2.ListTasksResponse, _abc.Awaitable[_orchestrator_pb2.ListTasksResponse]]:
+    ) -> _typing.Union[_v1_pb2.ListTasksResponse, _abc.Awaitable[_v1_pb2.ListTasksResponse]]:
         """Lists tasks, newest first, with filters and paging."""
 
     @_abc_1.abstractmethod
     def ListWorkflows(
         self,
-        request: _orchestrator_pb2.ListWorkflowsRequest,
+        request: _v1_pb2.ListWorkflowsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestrator_pb2.ListWorkflowsResponse, _abc.Awaitable[_orchestrator_pb2.ListWorkflowsResponse]]:
+    ) -> _typing.Union[_v1_pb2.ListWorkflowsResponse, _abc.Awaitable[_v1_pb2.ListWorkflowsResponse]]:
         """Lists workflows (latest version of each)."""
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
