@@ -173,6 +173,10 @@ ensure_docker() {
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
     fi
+    # debootstrap builds the systemd-as-PID-1 image of tests/integration/test_systemd_deploy.py.
+    if ! command -v debootstrap >/dev/null 2>&1 && [[ ! -x /usr/sbin/debootstrap ]]; then
+        pkgs+=(debootstrap)
+    fi
     if ((${#pkgs[@]})); then
         apt_install "${pkgs[@]}"
     fi
