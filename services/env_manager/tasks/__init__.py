@@ -5,5 +5,10 @@ payload.py    the request's payload parsed and checked into a TaskSpec
 container.py  one task container: its engine config, running it, following an adopted one
 output.py     bounded capture of a task's stdout and stderr
 store.py      finished results, kept durably so no task id runs twice
-runner.py     TaskRunner: slots per class, once-per-id executions, cancel, recovery
+runner.py     TaskRunner: the entry points (execute, cancel, capacity, reconfigure)
+core.py       TaskRunner's state; launching an execution, storing its result, removing it
+abandon.py    the abandon-grace watcher: stop work whose callers have all gone
+recovery.py   adopting the task containers an earlier process left; shutdown
+slots.py      a class's concurrency limit
+results.py    the result map of a finished run, fitted into a response
 """
