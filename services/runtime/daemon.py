@@ -25,7 +25,6 @@ from typing import Any, Generic
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from typing_extensions import TypeVar
 
@@ -35,6 +34,7 @@ from .config import ConfigError, ConfigSpec, load_config
 from .http import HttpEndpoint, server_ssl_context
 from .notify import SystemdNotifier
 from .observe import RpcObserver
+from .reflection import enable_reflection
 from .rpc import MiddlewareInterceptor, StreamCloser
 from .settings import DaemonSettings
 from .status import map_domain_errors
@@ -245,9 +245,7 @@ class Daemon(Generic[SettingsT]):
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
         self._app.register(server)
-        reflection.enable_server_reflection(
-            [*self._app.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME], server
-        )
+        enable_reflection([*self._app.service_names, HEALTH_SERVICE], server)
         return server
 
     async def _start(self, server: grpc.aio.Server, http: HttpEndpoint) -> None:
