@@ -102,6 +102,7 @@ class Orchestrator:
                                max_events=settings.events.max_events,
                                queue_size=settings.limits.subscriber_buffer)
         self.workflows = WorkflowEngine(store, self.scheduler, set(settings.classes))
+        self.workflows.training_command = tuple(settings.slurm.training_command)
         self._background: list[asyncio.Task[None]] = []
         self._result_streams: set[_ResultBuffer] = set()
 
@@ -158,6 +159,7 @@ class Orchestrator:
         self.metrics.register_classes(settings.classes)
         self.scheduler.reconfigure(settings.classes)
         self.workflows.known_classes = set(settings.classes)
+        self.workflows.training_command = tuple(settings.slurm.training_command)
 
     async def watch_tasks(self, task_ids: Sequence[str], include_completed: bool
                           ) -> AsyncIterator[Task]:

@@ -75,9 +75,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def CreateWorkflow(self, request: pb.CreateWorkflowRequest, context: Context
                              ) -> pb.CreateWorkflowResponse:
-        version, _ = await self._get().workflows.create(
+        workflow_id, version, _ = await self._get().workflows.create(
             request.id, request.name, request.description, request.spec)
-        return pb.CreateWorkflowResponse(success=True, workflow_id=request.id, version=version)
+        return pb.CreateWorkflowResponse(success=True, workflow_id=workflow_id, version=version)
 
     async def ListWorkflows(self, request: pb.ListWorkflowsRequest, context: Context
                             ) -> pb.ListWorkflowsResponse:

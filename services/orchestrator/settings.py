@@ -108,6 +108,9 @@ class SlurmSettings(Section):
     # fails as never started. 0: the task's own timeout (at least 60 s), so no task waits much
     # longer than it may run.
     pending_timeout: Duration = Field(0.0, ge=0)
+    # What a workflow's `training` node runs when its config has no `command`: an argv, given
+    # the node's config, the run's input and context as JSON on stdin (workflows/nodes.py).
+    training_command: list[str] = Field(default_factory=list)
 
 
 DEFAULT_CLASSES = {

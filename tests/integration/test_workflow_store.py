@@ -15,7 +15,7 @@ from agent_infra.orchestrator.store import Store
 from agent_infra.orchestrator.workflows import repository as ws
 from agent_infra.orchestrator.workflows.logic import Actions, RunStatus, StepStatus
 from agent_infra.orchestrator.workflows.spec import WorkflowSpec, parse_spec
-from agent_infra.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from agent_infra.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 CLASSES = {"cpu_short", "gpu"}
 
@@ -164,15 +164,59 @@ async def test_start_run_and_idempotency_key(store: Store, events: Recorder) -> 
     assert one.run_id != two.run_id and one.idempotency_key == ""
 
 
-async def test_idempotency_key_of_another_workflow(store: Store) -> None:
+async def test_idempotency_key_is_scoped_to_its_workflow(store: Store) -> None:
     await ws.create_workflow(store, "one", "", "", DIAMOND)
     await ws.create_workflow(store, "two", "", "", DIAMOND)
-    run, _ = await ws.start_run(store, "one", "shared", {})
-    with pytest.raises(AlreadyExists) as caught:
-        await ws.start_run(store, "two", "shared", {})
-    assert str(caught.value) == (
-        f"idempotency_key 'shared' already started run {run.run_id} of workflow 'one', "
-        "not of 'two': use a new key")
+    run, created = await ws.start_run(store, "one", "shared", {})
+    other, other_created = await ws.start_run(store, "two", "shared", {})
+    assert created and other_created and other.run_id != run.run_id
+    assert other.workflow_id == "two" and other.idempotency_key == "shared"
+    again, again_created = await ws.start_run(store, "two", "shared", {})
+    assert (again.run_id, again_created) == (other.run_id, False)
+    first_again, _ = await ws.start_run(store, "one", "shared", {})
+    assert first_again.run_id == run.run_id
+
+
+# The first release's workflow_runs: idempotency keys unique over every workflow.
+LEGACY_RUNS = """CREATE TABLE workflow_runs (
+    run_id TEXT PRIMARY KEY, workflow_id TEXT NOT NULL, version INTEGER NOT NULL,
+    idempotency_key TEXT UNIQUE, input TEXT NOT NULL, status TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '', output TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL, finished_at REAL NOT NULL DEFAULT 0)"""
+
+
+async def test_a_store_of_the_first_release_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old" / "orchestrator.sqlite3"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:
+        conn.execute(LEGACY_RUNS)
+        conn.execute("INSERT INTO workflow_runs (run_id, workflow_id, version, idempotency_key, "
+                     "input, status, created_at) VALUES ('run-old', 'one', 1, 'shared', "
+                     "'{\"x\": \"1\"}', 'completed', 5.0)")
+    conn.close()
+    store = await Store.open(path)
+    try:
+        await ws.ensure_schema(store)
+        await ws.ensure_schema(store)  # idempotent
+        await ws.create_workflow(store, "one", "", "", DIAMOND)
+        await ws.create_workflow(store, "two", "", "", DIAMOND)
+        old = await ws.get_run(store, "run-old")
+        assert (old.workflow_id, old.idempotency_key, old.input, old.status) == (
+            "one", "shared", {"x": "1"}, RunStatus.COMPLETED)
+        assert old.original_input is None and old.metadata == {}
+        same, created = await ws.start_run(store, "one", "shared", {})
+        assert (same.run_id, created) == ("run-old", False)
+        other, created = await ws.start_run(store, "two", "shared", {})
+        assert created and other.run_id != "run-old"
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert {"workflow_runs_by_status", "workflow_runs_by_workflow"} <= names
+    assert "workflow_runs_scoped" not in names
 
 
 async def test_concurrent_starts_with_one_key_make_one_run(store: Store) -> None:

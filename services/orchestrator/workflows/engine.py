@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections import defaultdict
 from collections.abc import AsyncIterator, Collection
 
-from agent_infra.runtime.errors import DomainError
+from agent_infra.runtime.errors import DomainError, InvalidArgument
 from agent_infra.runtime.logs import get_logger
 
 from ..model import Task, TaskRequest, TaskState
 from ..scheduler import Scheduler
 from ..store import Store
-from . import repository
+from . import nodes, repository
 from .logic import StepStatus
 from .records import Run, Workflow
-from .spec import parse_spec, validate_workflow_id
+from .spec import StepSpec, WorkflowSpec, parse_document, validate_workflow_id
 
 log = get_logger("workflows")
 
@@ -36,6 +37,8 @@ class WorkflowEngine:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._watchers: defaultdict[str, set[asyncio.Queue[Run]]] = defaultdict(set)
         self._pending: set[asyncio.Task[None]] = set()
+        # What a training node without a command runs on Slurm ([slurm] training_command).
+        self.training_command: tuple[str, ...] = ()
         scheduler.listeners.append(self._on_task)
 
     async def start(self) -> None:
@@ -79,19 +82,50 @@ class WorkflowEngine:
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)
 
-    async def create(self, workflow_id: str, name: str, description: str, spec: bytes
-                     ) -> tuple[int, bool]:
+    async def create(self, workflow_id: str, name: str, description: str, spec: bytes | str,
+                     *, must_exist: bool = False) -> tuple[str, int, bool]:
+        """(workflow id, version, created). `spec` is the steps form or the composer's typed
+        graph, either alone or as a whole document with its id, name and description (the
+        arguments win when given; they must agree with the document's). Without an id one is
+        made: `wf-` + 16 hex digits. must_exist: a replace (PUT), NotFound for a new id."""
+        header, parsed = parse_document(spec, self.known_classes)
+        for key, given in (("id", workflow_id), ("name", name), ("description", description)):
+            inside = header.get(key, "")
+            if given and inside and inside != given:
+                raise InvalidArgument(f"{key} {given[:140]!r} differs from the {key} "
+                                      f"{inside[:140]!r} in the workflow document")
+        workflow_id = workflow_id or header.get("id", "") or f"wf-{secrets.token_hex(8)}"
+        name = name or header.get("name", "")
+        description = description or header.get("description", "")
         validate_workflow_id(workflow_id)
-        parsed = parse_spec(spec, self.known_classes)
-        return await repository.create_workflow(self._store, workflow_id, name, description, parsed)
+        if parsed.graph is not None and not name.strip():
+            raise InvalidArgument("name is required")
+        self._check_runnable(parsed)
+        if must_exist:
+            await repository.get_workflow(self._store, workflow_id)
+        version, created = await repository.create_workflow(
+            self._store, workflow_id, name, description, parsed)
+        return workflow_id, version, created
+
+    def _check_runnable(self, spec: WorkflowSpec) -> None:
+        """What would make a node fail for a reason known now is refused now."""
+        for step in spec.steps:
+            if (step.kind == "training" and not step.config_object.get("command")
+                    and not self.training_command):
+                raise InvalidArgument(nodes.training_command_missing(step.id))
+
+    async def get(self, workflow_id: str) -> Workflow:
+        return await repository.get_workflow(self._store, workflow_id)
 
     async def list(self) -> list[Workflow]:
         return await repository.list_workflows(self._store)
 
     async def start_run(self, workflow_id: str, idempotency_key: str,
-                        run_input: dict[str, str]) -> tuple[Run, bool]:
+                        run_input: dict[str, str], *, original_input: object = None,
+                        metadata: dict[str, object] | None = None) -> tuple[Run, bool]:
         run, created = await repository.start_run(self._store, workflow_id, idempotency_key,
-                                               run_input)
+                                               run_input, original_input=original_input,
+                                               metadata=metadata)
         if created:
             try:
                 await self._advance(run.run_id)
@@ -137,6 +171,12 @@ class WorkflowEngine:
     async def _step_done(self, task: Task) -> None:
         status = StepStatus.COMPLETED if task.status is TaskState.COMPLETED else StepStatus.FAILED
         error = task.error if task.status is not TaskState.CANCELLED else "task cancelled"
+        if status == StepStatus.COMPLETED:
+            run = await repository.get_run(self._store, task.run_id)
+            workflow = await repository.get_workflow(self._store, run.workflow_id, run.version)
+            step_error = nodes.outcome_error(workflow.spec.step(task.step_id), task.result)
+            if step_error:
+                status, error = StepStatus.FAILED, step_error
         await repository.update_step(self._store, task.run_id, task.step_id, status,
                                   task_id=task.id, result=task.result, error=error)
         await self._advance(task.run_id)
@@ -146,25 +186,48 @@ class WorkflowEngine:
             while True:
                 actions = await repository.advance_run(self._store, run_id)
                 run = await repository.get_run(self._store, run_id)
-                failed_to_submit = False
+                again = False
                 if actions.ready:
                     workflow = await repository.get_workflow(self._store, run.workflow_id,
                                                           run.version)
                     for step_id in actions.ready:
-                        failed_to_submit |= not await self._submit(run, workflow, step_id)
+                        step = workflow.spec.step(step_id)
+                        if not step.runs_task:
+                            # Done at once: its children may be ready now.
+                            again |= await self._complete_inline(run, step)
+                        else:
+                            again |= not await self._submit(run, workflow, step_id)
                     run = await repository.get_run(self._store, run_id)
                 self._publish(run)
-                if not failed_to_submit:
+                if not again:
                     break
         if run.status.terminal:
             self._locks.pop(run_id, None)
 
+    async def _complete_inline(self, run: Run, step: StepSpec) -> bool:
+        result = nodes.inline_result(step)
+        event = nodes.INLINE_EVENTS.get(step.kind, "")
+        data = {"node_type": step.kind, "config": step.config}
+        return await repository.complete_inline_step(self._store, run.run_id, step.id, result,
+                                                     event, data)
+
+    def _payload(self, run: Run, workflow: Workflow, step: StepSpec) -> dict[str, str]:
+        if step.kind == "task":
+            return step.render_payload(run.render_context())
+        parents = {parent: (run.steps[parent].status.value, run.steps[parent].result)
+                   for parent in step.depends_on}
+        context = nodes.context(run.workflow_id, workflow.name, run.run_id, step, parents)
+        run_input = run.original_input if run.original_input is not None else run.input
+        return nodes.payload(step, workflow_id=run.workflow_id, run_id=run.run_id,
+                             run_input=run_input, workflow_context=context,
+                             training_command=self.training_command)
+
     async def _submit(self, run: Run, workflow: Workflow, step_id: str) -> bool:
         """Submit one ready step's task; False when it could not be (the step then failed)."""
         step = workflow.spec.step(step_id)
-        task_id = repository.step_task_id(run.run_id, step_id)
+        task_id = nodes.task_id(run.run_id, step)
         try:
-            payload = step.render_payload(run.render_context())
+            payload = self._payload(run, workflow, step)
             await self._scheduler.submit(TaskRequest(
                 id=task_id, task_class=step.task_class, payload=payload, priority=step.priority,
                 workflow_id=run.workflow_id, timeout_seconds=step.timeout_seconds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent_infra.runtime.errors import NotFound
@@ -13,6 +13,25 @@ from agent_infra.runtime.errors import NotFound
 from .logic import RunStatus, StepStatus
 from .spec import WorkflowSpec, parse_spec
 from .templating import RenderContext
+
+RUNS_TABLE = """CREATE TABLE IF NOT EXISTS workflow_runs (
+        run_id TEXT PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        idempotency_key TEXT,
+        input TEXT NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT NOT NULL DEFAULT '',
+        output TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        finished_at REAL NOT NULL DEFAULT 0,
+        original_input TEXT NOT NULL DEFAULT '',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (workflow_id, idempotency_key)
+    )"""
+# The columns of the first release's workflow_runs (its idempotency_key was UNIQUE on its own).
+LEGACY_RUN_COLUMNS = ("run_id, workflow_id, version, idempotency_key, input, status, error, "
+                      "output, created_at, finished_at")
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS workflows (
@@ -24,19 +43,10 @@ SCHEMA = (
         created_at REAL NOT NULL,
         PRIMARY KEY (id, version)
     )""",
-    # idempotency_key NULL = started without a key (UNIQUE allows any number of NULLs).
-    """CREATE TABLE IF NOT EXISTS workflow_runs (
-        run_id TEXT PRIMARY KEY,
-        workflow_id TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        idempotency_key TEXT UNIQUE,
-        input TEXT NOT NULL,
-        status TEXT NOT NULL,
-        error TEXT NOT NULL DEFAULT '',
-        output TEXT NOT NULL DEFAULT '{}',
-        created_at REAL NOT NULL,
-        finished_at REAL NOT NULL DEFAULT 0
-    )""",
+    # idempotency_key NULL = started without a key (UNIQUE allows any number of NULLs); a key is
+    # scoped to its workflow. original_input: the input as the caller sent it over HTTP (any
+    # JSON object), '' when it was the string map `input` holds.
+    RUNS_TABLE,
     "CREATE INDEX IF NOT EXISTS workflow_runs_by_status ON workflow_runs (status)",
     "CREATE INDEX IF NOT EXISTS workflow_runs_by_workflow ON workflow_runs (workflow_id)",
     """CREATE TABLE IF NOT EXISTS workflow_run_steps (
@@ -91,6 +101,14 @@ class Run:
     created_at: float
     finished_at: float
     steps: dict[str, RunStep]  # by step id, in id order
+    original_input: Any = None  # the input as sent over HTTP, when it was not a string map
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def updated_at(self) -> float:
+        """When anything of the run last changed."""
+        return max([self.created_at, self.finished_at,
+                    *(max(step.started_at, step.finished_at) for step in self.steps.values())])
 
     def step_states(self) -> dict[str, str]:
         """What logic.next_actions takes."""
@@ -123,8 +141,7 @@ def spec_from_text(text: str) -> WorkflowSpec:
 
 
 _WORKFLOW_COLUMNS = "id, version, name, description, spec, created_at"
-_RUN_COLUMNS = ("run_id, workflow_id, version, idempotency_key, input, status, error, output, "
-                "created_at, finished_at")
+_RUN_COLUMNS = f"{LEGACY_RUN_COLUMNS}, original_input, metadata"
 _STEP_COLUMNS = "run_id, step_id, task_id, status, result, error, started_at, finished_at"
 
 
@@ -151,6 +168,42 @@ def load_workflow(conn: sqlite3.Connection, workflow_id: str, version: int | Non
     raise NotFound(f"workflow '{workflow_id}' has no version {version} (latest is {latest})")
 
 
+def workflow_versions(conn: sqlite3.Connection, workflow_id: str) -> list[Workflow]:
+    """Every version of a workflow, newest first; NotFound when it has none."""
+    rows = conn.execute(
+        f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE id = ? ORDER BY version DESC",
+        (workflow_id,)).fetchall()
+    if not rows:
+        raise NotFound(f"workflow '{workflow_id}' not found")
+    return [workflow_from_row(row) for row in rows]
+
+
+def first_created(conn: sqlite3.Connection, workflow_ids: list[str]) -> dict[str, float]:
+    """When each workflow's first version was saved (its created_at, whatever replaced it)."""
+    found: dict[str, float] = {}
+    for start in range(0, len(workflow_ids), 500):
+        chunk = workflow_ids[start:start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for wid, created in conn.execute(
+                f"SELECT id, MIN(created_at) FROM workflows WHERE id IN ({marks}) GROUP BY id",
+                chunk):
+            found[str(wid)] = float(created)
+    return found
+
+
+def runs_of(conn: sqlite3.Connection, workflow_id: str, limit: int) -> list[Run]:
+    """A workflow's runs, newest first."""
+    rows = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE workflow_id = ? "
+        "ORDER BY created_at DESC, run_id DESC LIMIT ?", (workflow_id, limit)).fetchall()
+    runs = []
+    for row in rows:
+        steps = conn.execute(f"SELECT {_STEP_COLUMNS} FROM workflow_run_steps WHERE run_id = ?",
+                             (row[0],)).fetchall()
+        runs.append(_run_from_row(row, [_step_from_row(step) for step in steps]))
+    return runs
+
+
 def latest_workflows(conn: sqlite3.Connection) -> list[Workflow]:
     rows = conn.execute(
         f"SELECT {_WORKFLOW_COLUMNS} FROM workflows AS w WHERE version = "
@@ -166,10 +219,11 @@ def _step_from_row(row: tuple[Any, ...]) -> RunStep:
 
 def _run_from_row(row: tuple[Any, ...], steps: list[RunStep]) -> Run:
     (run_id, workflow_id, version, key, input_json, status, error, output, created_at,
-     finished_at) = row
+     finished_at, original_input, metadata) = row
     return Run(run_id, workflow_id, version, key or "", json.loads(input_json),
                RunStatus(status), error, json.loads(output), created_at, finished_at,
-               {step.step_id: step for step in sorted(steps, key=lambda step: step.step_id)})
+               {step.step_id: step for step in sorted(steps, key=lambda step: step.step_id)},
+               json.loads(original_input) if original_input else None, json.loads(metadata))
 
 
 def find_run(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> Run | None:

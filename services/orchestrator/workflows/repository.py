@@ -2,8 +2,8 @@
 
 Workflows are versioned: creating an id again with the same spec (compared in canonical form) is
 idempotent, with a different spec it adds the next version; old versions stay, and a run keeps the
-version it started with. A run started with an idempotency key that was used before returns that
-run, whatever its state.
+version it started with. A run started with an idempotency key that was used before for the same
+workflow returns that run, whatever its state (keys are scoped to their workflow).
 
 Each run and each step ends in exactly one terminal state: every update names the states it may
 leave (SQL `WHERE status IN ...`), so a late or repeated update changes nothing and returns False.
@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from agent_infra.runtime.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -38,17 +37,22 @@ from agent_infra.runtime.errors import (
 from ..store import Store, Tx
 from .logic import Actions, RunStatus, StepStatus, next_actions
 from .records import (
+    LEGACY_RUN_COLUMNS,
+    RUNS_TABLE,
     SCHEMA,
     UNFINISHED,
     Run,
     RunStep,
     Workflow,
     find_run,
+    first_created,
     latest_workflows,
     load_run,
     load_unfinished,
     load_workflow,
+    runs_of,
     spec_from_text,
+    workflow_versions,
 )
 from .spec import WorkflowSpec, validate_workflow_id
 
@@ -80,12 +84,28 @@ _STEP_EVENTS = {
 
 
 async def ensure_schema(store: Store) -> None:
-    """Create the workflow tables (idempotent; run once at startup)."""
+    """Create the workflow tables, or bring older ones up to date (idempotent; run once at
+    startup)."""
     def apply(tx: Tx) -> None:
+        _migrate_runs(tx.conn)
         # One statement at a time: executescript would COMMIT the store's open transaction.
         for statement in SCHEMA:
             tx.conn.execute(statement)
     await store.write(apply)
+
+
+def _migrate_runs(conn: sqlite3.Connection) -> None:
+    """The first release's workflow_runs had idempotency keys unique over all workflows and no
+    original_input/metadata: rebuild it (SQLite cannot drop a constraint), rows kept as they
+    are, in the same transaction as the rest of the schema."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(workflow_runs)")}
+    if not columns or "original_input" in columns:
+        return
+    conn.execute(RUNS_TABLE.replace("workflow_runs", "workflow_runs_scoped", 1))
+    conn.execute(f"INSERT INTO workflow_runs_scoped ({LEGACY_RUN_COLUMNS}) "
+                 f"SELECT {LEGACY_RUN_COLUMNS} FROM workflow_runs")
+    conn.execute("DROP TABLE workflow_runs")  # its indexes go with it; SCHEMA makes them again
+    conn.execute("ALTER TABLE workflow_runs_scoped RENAME TO workflow_runs")
 
 
 def step_task_id(run_id: str, step_id: str) -> str:
@@ -149,6 +169,24 @@ async def list_workflows(store: Store) -> list[Workflow]:
     return await store.read(latest_workflows)
 
 
+async def workflow_history(store: Store, workflow_id: str) -> list[Workflow]:
+    """Every version of the workflow, newest first (NotFound when there is none)."""
+    return await store.read(lambda conn: workflow_versions(conn, workflow_id))
+
+
+async def created_times(store: Store, workflow_ids: list[str]) -> dict[str, float]:
+    """When each workflow's first version was saved."""
+    return await store.read(lambda conn: first_created(conn, workflow_ids))
+
+
+async def list_runs(store: Store, workflow_id: str, limit: int) -> list[Run]:
+    """The workflow's runs, newest first (NotFound for an unknown workflow)."""
+    def query(conn: sqlite3.Connection) -> list[Run]:
+        load_workflow(conn, workflow_id, None)
+        return runs_of(conn, workflow_id, limit)
+    return await _snapshot(store, query)
+
+
 # ----------------------------------------------------------------------------- runs
 
 
@@ -169,27 +207,31 @@ def _check_run_request(workflow_id: str, idempotency_key: str, run_input: Mappin
 
 
 async def start_run(store: Store, workflow_id: str, idempotency_key: str,
-                    run_input: Mapping[str, str]) -> tuple[Run, bool]:
-    """(run, created): the run of the latest version, or the one this key already started."""
+                    run_input: Mapping[str, str], *, original_input: object = None,
+                    metadata: Mapping[str, object] | None = None) -> tuple[Run, bool]:
+    """(run, created): the run of the latest version, or the one this key already started
+    for this workflow (a key is scoped to its workflow: another workflow may use it too).
+    original_input: the input as sent over HTTP when it was more than a string map (`run_input`
+    is then its flattened form, what templates read)."""
     encoded = _check_run_request(workflow_id, idempotency_key, run_input)
+    original = "" if original_input is None else json.dumps(original_input, ensure_ascii=False)
+    meta = json.dumps(dict(metadata or {}), ensure_ascii=False)
+    if len(original.encode()) + len(meta.encode()) > MAX_INPUT_BYTES:
+        raise ResourceExhausted(f"input and metadata are larger than {MAX_INPUT_BYTES} bytes")
 
     def apply(tx: Tx) -> tuple[Run, bool]:
         if idempotency_key:
-            existing = find_run(tx.conn, "idempotency_key = ?", (idempotency_key,))
+            existing = find_run(tx.conn, "workflow_id = ? AND idempotency_key = ?",
+                                (workflow_id, idempotency_key))
             if existing is not None:
-                if existing.workflow_id != workflow_id:
-                    raise AlreadyExists(
-                        f"idempotency_key {idempotency_key!r} already started run "
-                        f"{existing.run_id} of workflow '{existing.workflow_id}', not of "
-                        f"'{workflow_id}': use a new key")
                 return existing, False
         workflow = load_workflow(tx.conn, workflow_id, None)
         run_id = f"run-{uuid.uuid4().hex}"
         tx.conn.execute(
             "INSERT INTO workflow_runs (run_id, workflow_id, version, idempotency_key, input, "
-            "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "status, created_at, original_input, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (run_id, workflow_id, workflow.version, idempotency_key or None, encoded,
-             RunStatus.PENDING.value, time.time()))
+             RunStatus.PENDING.value, time.time(), original, meta))
         tx.conn.executemany(
             "INSERT INTO workflow_run_steps (run_id, step_id, status) VALUES (?, ?, ?)",
             [(run_id, step_id, StepStatus.PENDING.value) for step_id in workflow.spec.ids])
@@ -244,6 +286,25 @@ def _set_step(tx: Tx, run: Run, step_id: str, status: StepStatus, *, task_id: st
     final_task_id = task_id or run.steps[step_id].task_id
     _step_event(tx, run, step_id, status, final_task_id, error)
     return True
+
+
+async def complete_inline_step(store: Store, run_id: str, step_id: str,
+                               result: Mapping[str, str], event_type: str = "",
+                               event_data: Mapping[str, str] | None = None) -> bool:
+    """Complete a step that runs no task (a reward, deployment or custom node) with `result`,
+    publishing `event_type` (when given) with `event_data` in the same transaction."""
+    def apply(tx: Tx) -> bool:
+        run = load_run(tx.conn, run_id)
+        if run.status.terminal:
+            return False
+        if not _set_step(tx, run, step_id, StepStatus.COMPLETED, result=result):
+            return False
+        if event_type:
+            tx.event(event_type, run_id, {**(event_data or {}), "run_id": run_id,
+                                          "workflow_id": run.workflow_id, "step_id": step_id})
+        return True
+
+    return await store.write(apply)
 
 
 async def update_step(store: Store, run_id: str, step_id: str, status: StepStatus | str, *,

@@ -22,7 +22,7 @@ import heapq
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
@@ -30,7 +30,7 @@ from agent_infra.runtime.errors import InvalidArgument, ResourceExhausted
 from agent_infra.runtime.parsing import load_json
 
 from ..model import DEFAULT_CLASS
-from . import templating
+from . import templating, typed
 from .templating import RenderContext, TemplateError
 
 MAX_SPEC_BYTES = 1024 * 1024
@@ -57,6 +57,19 @@ class StepSpec:
     timeout_seconds: int  # 0 = the class's default
     priority: int
     json_keys: frozenset[str] = frozenset()
+    # "task" for a step of the steps form; a typed graph's node type otherwise (typed.py), with
+    # the node's config as canonical JSON text.
+    kind: str = "task"
+    config: str = ""
+
+    @property
+    def config_object(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.config) if self.config else {}
+        return value
+
+    @property
+    def runs_task(self) -> bool:
+        return self.kind == "task" or self.kind in typed.TASK_TYPES
 
     def render_payload(self, context: RenderContext) -> dict[str, str]:
         """The payload to submit; TemplateError (naming the key) fails the step."""
@@ -93,6 +106,8 @@ class WorkflowSpec:
     """A validated DAG; steps are kept in id order, the canonical order."""
 
     steps: tuple[StepSpec, ...]
+    # The composer's typed document (minus its header) when the workflow was given as one.
+    graph: typed.TypedGraph | None = None
     _by_id: dict[str, StepSpec] = field(init=False, repr=False, compare=False)
     _children: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
@@ -154,6 +169,8 @@ class WorkflowSpec:
                          if ref[0] == "input")
 
     def canonical_json(self) -> str:
+        if self.graph is not None:
+            return self.graph.document_json
         return templating.encode_json({"steps": [step.canonical() for step in self.steps]})
 
 
@@ -177,6 +194,19 @@ def validate_workflow_id(workflow_id: str) -> None:
             "'-', '_', '.' or ':'")
 
 
+def parse_document(data: bytes | str, known_classes: Collection[str] | None,
+                   *, default_class: str = DEFAULT_CLASS) -> tuple[dict[str, Any], WorkflowSpec]:
+    """A whole workflow document (the spec, plus the header keys id, name, description,
+    created_at, updated_at that the composer sends with it): (header, spec)."""
+    document = _load_json(data)
+    if not isinstance(document, dict):
+        raise InvalidArgument(
+            f"spec must be a JSON object with \"steps\" (or \"nodes\" and \"edges\"), "
+            f"got {_json_type(document)}")
+    header, rest = typed.split_header(document)
+    return header, _parse_object(rest, known_classes, default_class)
+
+
 def parse_spec(data: bytes | str, known_classes: Collection[str] | None,
                *, default_class: str = DEFAULT_CLASS) -> WorkflowSpec:
     """Validate `data` fully. known_classes None accepts any class (reloading a stored spec)."""
@@ -185,6 +215,13 @@ def parse_spec(data: bytes | str, known_classes: Collection[str] | None,
         raise InvalidArgument(
             f"spec must be a JSON object with \"steps\" (or \"nodes\" and \"edges\"), "
             f"got {_json_type(document)}")
+    return _parse_object(document, known_classes, default_class)
+
+
+def _parse_object(document: dict[str, Any], known_classes: Collection[str] | None,
+                  default_class: str) -> WorkflowSpec:
+    if typed.is_typed(document):
+        return _parse_typed(document, known_classes)
     raw_steps, edges, where = _shape(document)
     steps = [_parse_step(raw, f"{where}[{index}]", known_classes, default_class)
              for index, raw in enumerate(raw_steps)]
@@ -200,6 +237,23 @@ def parse_spec(data: bytes | str, known_classes: Collection[str] | None,
     spec = WorkflowSpec(tuple(sorted(steps, key=lambda step: step.id)))
     _check_references(spec)
     return spec
+
+
+def _parse_typed(document: dict[str, Any], known_classes: Collection[str] | None
+                 ) -> WorkflowSpec:
+    nodes, graph = typed.parse(document, known_classes)
+    steps: list[StepSpec] = []
+    for index, node in enumerate(nodes):
+        if not STEP_ID_PATTERN.fullmatch(node.id):
+            raise InvalidArgument(f"nodes[{index}].id {node.id[:80]!r} is invalid: a node id is "
+                                  "1-64 letters, digits, '-' or '_'")
+        steps.append(StepSpec(
+            id=node.id, task_class=node.task_class, payload={}, depends_on=node.depends_on,
+            max_attempts=0, timeout_seconds=node.timeout_seconds, priority=0,
+            kind=node.type, config=templating.encode_json(node.config)))
+    _check_unique(steps)
+    _check_acyclic({step.id: step for step in steps})
+    return WorkflowSpec(tuple(sorted(steps, key=lambda step: step.id)), graph)
 
 
 def _load_json(data: bytes | str) -> Any:
@@ -386,9 +440,7 @@ def _add_edges(steps: list[StepSpec], edges: list[tuple[str, str]]) -> list[Step
     for step in steps:
         if step.id in extra:
             depends_on = tuple(sorted({*step.depends_on, *extra[step.id]}))
-            step = StepSpec(step.id, step.task_class, step.payload, depends_on,
-                            step.max_attempts, step.timeout_seconds, step.priority,
-                            step.json_keys)
+            step = replace(step, depends_on=depends_on)
         out.append(step)
     return out
 
