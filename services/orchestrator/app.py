@@ -48,13 +48,8 @@ class OrchestratorApp(DaemonApp[OrchestratorSettings]):
         self._orchestrator = await Orchestrator.open(self._settings, context.registry)
 
     async def readiness(self) -> tuple[bool, str]:
-        # Serving means submits are accepted and stored; with env-manager down, tasks wait for
-        # it (the Health RPC reports each endpoint). So readiness is the store's alone.
-        try:
-            await self._domain().store.check_writable()
-        except Exception as exc:
-            return False, f"store not writable: {exc}"
-        return True, "serving"
+        # The Health RPC's `healthy` follows the same rule (Orchestrator.readiness).
+        return await self._domain().readiness()
 
     async def dependencies(self) -> dict[str, bool]:
         # The Health RPC's `services` map, by the same names: "store", "env-manager ADDRESS"

@@ -23,6 +23,7 @@ from agent_infra.runtime.parsing import INT64, parse_int
 from prometheus_client import CollectorRegistry
 
 from . import tasks_repo
+from .compat import queue_summary
 from .events import EventHub
 from .executors.protocol import Executor
 from .executors.routing import build_executor, reload_slurm
@@ -234,14 +235,26 @@ class Orchestrator:
 
     async def queue_status(self) -> dict[str, Any]:
         """Per class: pending and running now, and the stored count of each finished state;
-        then the totals of each state over the classes."""
+        then the totals of each state over the classes; then the original's keys
+        (compat.queue_summary)."""
         stored = await self.store.read(tasks_repo.counts)
         classes: dict[str, dict[str, int]] = {}
         for name, (pending, running) in self.scheduler.queue_depths().items():
             counts = {s: stored.get((name, s), 0) for s in FINISHED}
             classes[name] = {"pending": pending, "running": running, **counts}
         totals = {s: sum(c[s] for c in classes.values()) for s in STATUSES}
-        return {"classes": classes, "totals": totals}
+        return {"classes": classes, "totals": totals, **queue_summary(totals)}
+
+    async def readiness(self) -> tuple[bool, str]:
+        """The one rule for "healthy" (the Health RPC) and "serving" (grpc.health.v1 "" and the
+        service's name, /health): the orchestrator accepts and stores work, which needs the
+        store alone. With env-manager or Slurm down, tasks wait for it; `health()` reports
+        each dependency."""
+        try:
+            await self.store.check_writable()
+        except Exception as exc:
+            return False, f"store not writable: {exc}"
+        return True, "serving"
 
     async def health(self) -> dict[str, str]:
         states: dict[str, str] = {}

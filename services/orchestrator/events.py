@@ -181,6 +181,7 @@ class EventHub:
         self._last_published: int | None = None
         self._closed = False
         self.catch_ups = 0  # overflowed queues recovered from the table (observability)
+        self.published = 0  # events committed since this process started (GetMetrics)
         store.listeners.append(self._publish)
 
     @property
@@ -258,6 +259,7 @@ class EventHub:
 
     def _publish(self, events: list[Event]) -> None:
         self._last_published = events[-1].seq
+        self.published += len(events)
         for subscriber in list(self._subscribers):
             try:
                 subscriber.offer(events)

@@ -6,6 +6,7 @@ Domain errors become their gRPC status in the runtime's middleware. Where a resp
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,6 +15,7 @@ from agent_infra.runtime.errors import InvalidArgument
 from agent_infra.wire import orchestrator_pb2 as pb
 from agent_infra.wire import orchestrator_pb2_grpc
 
+from . import compat
 from .domain import Orchestrator
 from .model import Task, TaskRequest, TaskState
 from .workflows.records import Run
@@ -101,7 +103,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Context
                          ) -> pb.MetricsResponse:
-        metrics = self._get().metrics.snapshot(list(request.metric_names))
+        metrics = await compat.select_metrics(self._get(), list(request.metric_names))
         return pb.MetricsResponse(metrics=metrics, timestamp=int(time.time()))
 
     async def StreamEvents(self, request: pb.StreamEventsRequest, context: Context
@@ -115,10 +117,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                                      timestamp=int(event.timestamp))
 
     async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
-        services = await self._get().health()
-        return pb.HealthResponse(
-            healthy=all(state == "SERVING" for state in services.values()),
-            version=self._version, services=services)
+        # `healthy` is grpc.health.v1 "": the orchestrator accepts and stores work (the store);
+        # a down env-manager or Slurm shows in `services`, its tasks waiting for it.
+        domain = self._get()
+        (serving, reason), states = await asyncio.gather(domain.readiness(), domain.health())
+        return pb.HealthResponse(healthy=serving, version=self._version,
+                                 services=compat.health_services(states, serving, reason))
 
 
 def _task_fields(task: Task) -> dict[str, Any]:

@@ -111,6 +111,8 @@ class OrchestratorMetrics:
         self._values: dict[str, dict[str, float]] = {family: {} for family in PER_CLASS}
         self._waits = _Latency()
         self._runs = _Latency()
+        # class -> [sum, count] of submit-to-start waits (the original's gpu_wait_seconds).
+        self._class_waits: dict[str, list[float]] = {}
         self._depths: Callable[[], Mapping[str, tuple[int, int]]] = dict
         # Series children by family, then class: labels() takes a lock and builds a key, and the
         # scheduler reports on every submit, dispatch and completion.
@@ -134,6 +136,9 @@ class OrchestratorMetrics:
         self._touch(cls)
         self._children["dispatch_latency"][cls].observe(waited)
         self._waits.observe(waited)
+        total = self._class_waits.setdefault(cls, [0.0, 0.0])
+        total[0] += waited
+        total[1] += 1
 
     def finished(self, cls: str, status: str, duration_seconds: float | None) -> None:
         """A terminal state; `duration_seconds` None when the task never ran (cancelled while
@@ -163,6 +168,21 @@ class OrchestratorMetrics:
                 lambda cls=cls, index=index: float(self._depths().get(cls, (0, 0))[index]))
 
     # -- read by GetMetrics ----------------------------------------------------------------
+
+    def mean_wait(self, classes: Iterable[str]) -> float:
+        """The average submit-to-start wait of the tasks of `classes` started since the daemon
+        started (0 before any)."""
+        total = count = 0.0
+        for cls in classes:
+            if cls in self._class_waits:
+                total += self._class_waits[cls][0]
+                count += self._class_waits[cls][1]
+        return total / count if count else 0.0
+
+    def counts(self, family: str) -> dict[str, float]:
+        """One family's figure per class (see PER_CLASS), counters since the daemon started."""
+        self._figures()  # gauges read now
+        return dict(self._values[family])
 
     def snapshot(self, names: Sequence[str] = ()) -> dict[str, float]:
         """The flat figures (see the module docstring for names and filters); empty = all."""

@@ -6,6 +6,12 @@ gRPC has TLS (client certificates required whenever gRPC requires them), the sam
 `auth.health_open` open them), and bounds against clients that hold connections without
 finishing a request (slowloris): a header timeout, an idle timeout, a request timeout and a limit
 on open connections.
+
+A request whose body the handler did not read (a 405 from the router, a 401, GET /metrics with
+a body) has it drained, up to DRAIN_LIMIT bytes, before the answer goes out, so the connection
+stays usable; a longer body gets its answer with `Connection: close` (the client is told not to
+reuse the connection, rather than finding it reset). `/health` says `"status": "ok"` while the
+daemon serves (the original stack's probes read that), its state name otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from .settings import ServerSettings, TlsSettings
 HealthReport = Callable[[], Awaitable[dict[str, Any]]]
 
 log = logs.get_logger("http")
+
+# The most of an unread request body drained to keep its connection alive (see the docstring).
+DRAIN_LIMIT = 4 * 1024 * 1024
+#: /health's "status" while the daemon serves (the original's value).
+HEALTH_OK = "ok"
 
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="agent-infra"'}
 
@@ -182,7 +193,16 @@ class HttpEndpoint:
         try:
             # A handler that outlives this (a body trickled in) ends with 504.
             async with asyncio.timeout(self._request_timeout):
-                return await handler(request)
+                try:
+                    response = await handler(request)
+                except web.HTTPException as exc:
+                    # aiohttp's own answers (405 from the router, 404, 413) are raised.
+                    if not await _drain(request):
+                        exc.force_close()
+                    raise
+                if not await _drain(request):
+                    response.force_close()
+                return response
         finally:
             if connection is not None:
                 connection.request_finished()
@@ -199,6 +219,8 @@ class HttpEndpoint:
     async def _health(self, request: web.Request) -> web.Response:
         report = await self._health_report()
         status = 200 if report.get("healthy") else 503
+        if report.get("healthy"):
+            report["status"] = HEALTH_OK
         if not self._authorized(request):
             if not self._auth.health_open:
                 return _unauthorized()
@@ -206,6 +228,25 @@ class HttpEndpoint:
             return web.json_response({"status": report.get("status")}, status=status)
         report["uptime_seconds"] = round(time.monotonic() - self._started, 3)
         return web.json_response(report, status=status)
+
+
+async def _drain(request: web.Request) -> bool:
+    """Read and drop what is left of the request's body, up to DRAIN_LIMIT bytes; whether it
+    is all read (the connection can serve the next request)."""
+    if not request.body_exists:
+        return True
+    content = request.content
+    if request.content_length is not None and request.content_length > DRAIN_LIMIT:
+        return content.is_eof()
+    drained = 0
+    while not content.is_eof():
+        chunk = await content.readany()
+        if not chunk:
+            break
+        drained += len(chunk)
+        if drained > DRAIN_LIMIT:
+            return False
+    return True
 
 
 def _unauthorized() -> web.Response:

@@ -15,13 +15,14 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from agent_infra.runtime.errors import FailedPrecondition
 from agent_infra.runtime.logs import get_logger
 
 from ...settings import SlurmSettings
 from ..protocol import Execution, ExecutionOutcome, TransientFailure, wait_until_reachable
-from . import job_files, job_state
+from . import job_files, job_state, status
 from .job_files import JobFiles
 from .job_state import ACTIVE_STATES, NO_ACCOUNTING, JobEnd
 from .outcome import as_never_started, job_outcome, never_started_error, pending_limit
@@ -46,6 +47,11 @@ class SlurmExecutor:
         self._reachable.set()
         self._sacct_works: bool | None = None  # learned on first use
         self._last_prune = 0.0
+        # Since this process started (GetMetrics slurm_jobs_*_total): jobs sbatch accepted, and
+        # followed jobs that ended successfully or not.
+        self.jobs_submitted = 0
+        self.jobs_completed = 0
+        self.jobs_failed = 0
 
     # -- the Executor protocol -------------------------------------------------------------
 
@@ -69,8 +75,13 @@ class SlurmExecutor:
             submitted = await self._find_or_submit(execution, spec, files)
             if isinstance(submitted, ExecutionOutcome):
                 return submitted
-            return await self._follow(submitted, job_name(execution.execution_id, files.key),
-                                      execution, files)
+            outcome = await self._follow(submitted, job_name(execution.execution_id, files.key),
+                                         execution, files)
+            if outcome.success:
+                self.jobs_completed += 1
+            else:
+                self.jobs_failed += 1
+            return outcome
         except TransientFailure:
             self._reachable.clear()
             raise
@@ -100,6 +111,44 @@ class SlurmExecutor:
 
     async def health(self) -> dict[str, str]:
         return {"slurm": await self._ping()}
+
+    async def recorded_job_id(self, execution_id: str) -> str:
+        """The job id sbatch gave the execution ('' before it answered)."""
+        files = JobFiles.of(self._work_dir, execution_id)
+        job_id = await asyncio.to_thread(job_files.read_job_record, files.job_record)
+        if not job_id:
+            finished = await asyncio.to_thread(job_files.read_exit_record, files.exit_record)
+            job_id = finished.job_id if finished is not None else ""
+        return job_id
+
+    async def job_status(self, execution_id: str) -> dict[str, Any] | None:
+        """The execution's job as Slurm knows it now (see status.py), None before sbatch
+        answered. An unreachable controller is said in `slurm_error` beside what the job's
+        own files tell."""
+        job_id = await self.recorded_job_id(execution_id)
+        if not job_id:
+            return None
+        files = JobFiles.of(self._work_dir, execution_id)
+        name = job_name(execution_id, files.key)
+        fields: dict[str, str] = {}
+        error = ""
+        try:
+            out = await self._run([self._settings.scontrol, "show", "job", "-o", job_id])
+        except SlurmCommandFailed as exc:
+            if not job_state.is_unknown_job(str(exc)):
+                error = str(exc)
+        except TransientFailure as exc:
+            error = str(exc)
+        else:
+            fields = job_state.parse_scontrol_job(out)
+            if fields.get("JobName") != name:
+                fields = {}  # the id now names another job: ours is forgotten
+        record = status.job_record(
+            job_id, name, fields,
+            await asyncio.to_thread(job_files.read_exit_record, files.exit_record))
+        if error:
+            record["slurm_error"] = error
+        return record
 
     @property
     def settings(self) -> SlurmSettings:
@@ -148,6 +197,7 @@ class SlurmExecutor:
         if not job_id:
             raise TransientFailure(f"sbatch answered {out.strip()!r:.200}, not a job id")
         await asyncio.to_thread(job_files.write_atomic, files.job_record, job_id + "\n")
+        self.jobs_submitted += 1
         log.info("slurm_submitted", execution_id=execution.execution_id, job_id=job_id)
         return job_id
 
