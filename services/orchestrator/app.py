@@ -12,6 +12,7 @@ from aiohttp import web
 from .domain import Orchestrator
 from .grpc_api import OrchestratorServicer
 from .http_api import queue_routes
+from .http_workflows import workflow_routes
 from .settings import OrchestratorSettings
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
@@ -41,7 +42,8 @@ class OrchestratorApp(DaemonApp[OrchestratorSettings]):
         def authorize(header: str | None) -> bool:
             return self._context is None or self._context.authorize(header)
 
-        return queue_routes(self._domain, authorize)
+        return [*queue_routes(self._domain, authorize),
+                *workflow_routes(self._domain, authorize)]
 
     async def start(self, context: DaemonContext[OrchestratorSettings]) -> None:
         self._context = context

@@ -114,8 +114,26 @@ class WorkflowEngine:
                     and not self.training_command):
                 raise InvalidArgument(nodes.training_command_missing(step.id))
 
-    async def get(self, workflow_id: str) -> Workflow:
-        return await repository.get_workflow(self._store, workflow_id)
+    async def get(self, workflow_id: str, version: int | None = None) -> Workflow:
+        return await repository.get_workflow(self._store, workflow_id, version)
+
+    async def history(self, workflow_id: str) -> list[Workflow]:
+        return await repository.workflow_history(self._store, workflow_id)
+
+    async def created_times(self, workflow_ids: list[str]) -> dict[str, float]:
+        return await repository.created_times(self._store, workflow_ids)
+
+    async def get_run(self, run_id: str) -> Run:
+        return await repository.get_run(self._store, run_id)
+
+    async def runs(self, workflow_id: str, limit: int) -> list[Run]:
+        return await repository.list_runs(self._store, workflow_id, limit)
+
+    async def step_tasks(self, run: Run) -> dict[str, Task]:
+        """The tasks of the run's steps that have one, by step id."""
+        by_task = {step.task_id: step_id for step_id, step in run.steps.items() if step.task_id}
+        tasks = await self._scheduler.get_many(list(by_task))
+        return {by_task[task.id]: task for task in tasks}
 
     async def list(self) -> list[Workflow]:
         return await repository.list_workflows(self._store)
