@@ -296,7 +296,8 @@ def test_health_json(stack: Stack) -> None:
     assert health["healthy"] is True
     assert health["env_manager"]["status"] == "SERVING"
     assert health["orchestrator"]["services"] == {
-        "store": "SERVING", f"env-manager {stack.env_manager}": "SERVING"}
+        "store": "SERVING", f"env-manager {stack.env_manager}": "SERVING",
+        "orchestrator": "healthy", "grpc_server": "healthy"}
     piped = stack.cli("health")
     assert piped.code == 0 and piped.out.startswith("COMPONENT")
 

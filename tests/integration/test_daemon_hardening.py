@@ -349,7 +349,7 @@ async def test_token_mode_closes_metrics_and_health_detail_by_default(tmp_path: 
         assert status == 200 and "grpc_server_started_total" in text
 
         status, text = await _get(daemon, "/health")
-        assert (status, text) == (200, '{"status": "SERVING"}')
+        assert (status, text) == (200, '{"status": "ok"}')  # the original's probe value
         status, text = await _get(daemon, "/health", "s3cret")
         assert status == 200 and '"version"' in text and '"dependencies"' in text
 

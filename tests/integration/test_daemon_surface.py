@@ -132,7 +132,7 @@ async def test_http_health_reports_json(daemon: DaemonProcess) -> None:
         assert response.status == 200
         body = await response.json()
     assert body["healthy"] is True
-    assert body["status"] == "SERVING"
+    assert body["status"] == "ok"  # what the original stack's probes read
     assert body["daemon"] == daemon.name
 
 

@@ -72,8 +72,13 @@ async def test_grpc_health_names_each_dependency(tmp_path: Path) -> None:
         assert await grpcurl_check(stack.daemon.grpc_addr, env_manager) == "NOT_SERVING"
         # The same names and verdicts as the Health RPC's `services` map.
         health = await stack.stub.Health(pb.HealthRequest(), timeout=30)
-        assert set(health.services) == {"store", env_manager}
+        assert set(health.services) == {"store", env_manager, "orchestrator", "grpc_server"}
         assert health.services[env_manager].startswith("UNAVAILABLE")
+        # One rule: `healthy` is what "" says (work is accepted and stored), env-manager down.
+        assert health.healthy is True
+        assert (health.services["orchestrator"], health.services["grpc_server"]) == (
+            "healthy", "healthy")
+        assert await check("") == SERVING
         for unknown in ("no.such.Service", "slurm", "env-manager"):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await check(unknown)

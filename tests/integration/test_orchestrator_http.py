@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
@@ -28,6 +29,7 @@ CLASSES: dict[str, dict[str, int | str]] = {
     "tiny": {"concurrency": 0, "max_backlog": 1},
 }
 STATUSES = {"pending", "running", "completed", "failed", "cancelled"}
+ORIGINAL_KEYS = ("pending", "done", "submitted", "processed", "completed")
 # A new task is 201 Created (test_post_submit_answers_201_then_200 holds the daemon to that);
 # elsewhere only acceptance matters.
 ACCEPTED = (200, 201)
@@ -43,11 +45,16 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 async def queue_status(stack: Stack) -> dict[str, dict[str, int]]:
     code, body = await stack.http("GET", "/queue/status")
     assert code == 200, body
-    assert set(body) == {"classes", "totals"}
+    assert set(body) == {"classes", "totals", *ORIGINAL_KEYS}
     classes: dict[str, dict[str, int]] = body["classes"]
     totals: dict[str, int] = body["totals"]
     assert all(set(counts) == STATUSES for counts in classes.values())
     assert totals == {s: sum(c[s] for c in classes.values()) for s in STATUSES}
+    # The original's keys, from the same counts.
+    done = totals["completed"] + totals["failed"] + totals["cancelled"]
+    assert {key: body[key] for key in ORIGINAL_KEYS} == {
+        "pending": totals["pending"], "done": done, "completed": totals["completed"],
+        "submitted": sum(totals.values()), "processed": totals["running"] + done}
     return classes
 
 
@@ -77,9 +84,10 @@ async def test_post_submit_stores_and_runs_the_task(stack: Stack) -> None:
     body = {"id": task_id, "class": "cpu_short", "payload": {"command": "echo via-http"}}
     code, answer = await stack.http("POST", "/queue/submit", body=body)
     assert code in ACCEPTED, answer
-    assert {**answer, "status": "?"} == {"success": True, "task_id": task_id, "error": "",
-                                         "created": True, "status": "?"}
-    assert answer["status"] in ("pending", "running"), answer
+    assert {**answer, "status": "?", "task_status": "?"} == {
+        "success": True, "task_id": task_id, "error": "", "created": True, "status": "?",
+        "task_status": "?", "ok": True, "id": task_id}
+    assert answer["status"] == answer["task_status"] in ("pending", "running"), answer
     code, again = await stack.http("POST", "/queue/submit", body=body)
     assert code in ACCEPTED, again
     assert (again["success"], again["task_id"], again["created"]) == (True, task_id, False)
@@ -187,3 +195,90 @@ async def test_a_token_guards_http_and_grpc_alike(tmp_path: Path) -> None:
             task_ids=[task_id], include_completed=True), metadata=auth, timeout=120)
         final = [message async for message in call][-1]
         assert (final.status, final.result["stdout"]) == ("completed", "authorised\n")
+
+
+# -- the original's routes and keys (issue 11) ------------------------------------------------
+
+async def test_queue_status_original_keys_follow_the_work(stack: Stack) -> None:
+    code, before = await stack.http("GET", "/queue/status")
+    assert code == 200
+    await queue_status(stack)  # the keys and their meaning
+    held = new_id("orig-held")
+    await submit(stack.stub, held, task_class="held")
+    ran = new_id("orig-ran")
+    await submit(stack.stub, ran, "true")
+    await wait_done(stack.stub, [ran])
+    code, after = await stack.http("GET", "/queue/status")
+    assert code == 200
+    grew = {key: after[key] - before[key] for key in ORIGINAL_KEYS}
+    assert grew == {"pending": 1, "done": 1, "submitted": 2, "processed": 1, "completed": 1}
+
+
+async def test_slurm_status_unknown_and_non_slurm_tasks_are_404(stack: Stack) -> None:
+    code, answer = await stack.http("GET", "/slurm/status/no-such-task")
+    assert code == 404 and "no-such-task" in answer["error"], answer
+    assert answer["ok"] is False
+    task_id = new_id("not-slurm")
+    await submit(stack.stub, task_id, task_class="held")
+    code, answer = await stack.http("GET", f"/slurm/status/{task_id}")
+    assert code == 404 and "gpu_slurm" in answer["error"], answer
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{stack.daemon.http_url}/slurm/status/{task_id}") as response:
+        assert response.status == 405
+
+
+async def test_health_says_ok_while_serving(stack: Stack) -> None:
+    code, body = await stack.http("GET", "/health")
+    assert code == 200
+    assert (body["status"], body["healthy"], body["daemon"]) == ("ok", True, "orchestrator")
+
+
+@pytest.mark.parametrize("size", [10, 100_000, 3 << 20, 6 << 20])
+async def test_wrong_method_with_a_body_answers_405_and_keeps_the_connection(
+        stack: Stack, size: int) -> None:
+    connector = aiohttp.TCPConnector(limit=1)  # one connection: the next request reuses it
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for method, path in (("POST", "/metrics"), ("PUT", "/queue/submit"),
+                             ("POST", "/health"), ("DELETE", "/queue/status")):
+            async with session.request(method, f"{stack.daemon.http_url}{path}",
+                                       data=b"x" * size) as response:
+                assert response.status == 405, (method, path)
+                await response.read()
+            async with session.get(f"{stack.daemon.http_url}/health") as response:
+                assert response.status == 200
+
+
+async def test_post_submit_body_is_bounded_by_max_payload(stack: Stack) -> None:
+    big = {"id": new_id("big"), "class": "held", "payload": {"command": "x" * (2 << 20)}}
+    code, answer = await stack.http("POST", "/queue/submit", body=big)
+    assert code == 413 and "limits.max_payload_bytes" in answer["error"], answer
+    missing = await rpc_error(stack.stub.GetTaskStatus(
+        pb.GetTaskStatusRequest(task_id=big["id"]), timeout=30))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_token_guards_every_route_i_own(tmp_path: Path) -> None:
+    token = "tok-" + new_id()
+    async with orchestrator_stack(tmp_path, orchestrator_env={
+            "ORCHESTRATOR_AUTH_TOKEN": token}) as stack:
+        task_id = new_id("tok")
+        routes = [("GET", "/queue/status", None), ("GET", f"/slurm/status/{task_id}", None),
+                  ("POST", "/queue/submit", {"id": task_id, "class": "held"})]
+        for method, path, body in routes:
+            for presented in (None, "wrong"):
+                code, answer = await stack.http(method, path, body=body, token=presented)
+                assert code == 401 and answer["ok"] is False, (method, path, answer)
+        code, answer = await stack.http("POST", "/queue/submit", token=token, body={
+            "id": task_id, "payload": {"command": "true"}})
+        assert code == 201 and (answer["ok"], answer["id"]) == (True, task_id), answer
+        code, answer = await stack.http("GET", "/queue/status", token=token)
+        assert code == 200 and answer["submitted"] >= 1
+        code, answer = await stack.http("GET", f"/slurm/status/{task_id}", token=token)
+        assert code == 404 and "gpu_slurm" in answer["error"]
+        code, answer = await stack.http("GET", "/slurm/status/absent", token=token)
+        assert code == 404
+        # Probes see the status without the token; the detail needs it.
+        code, answer = await stack.http("GET", "/health")
+        assert (code, answer) == (200, {"status": "ok"})
+        code, answer = await stack.http("GET", "/health", token=token)
+        assert code == 200 and answer["status"] == "ok" and "version" in answer
