@@ -20,12 +20,15 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from scripts.wheelhouse import ensure as ensure_wheelhouse
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -109,18 +112,22 @@ def run_checked(*argv: str | Path, cwd: Path) -> None:
     assert done.returncode == 0, f"{' '.join(map(str, argv))}:\n{done.stdout}\n{done.stderr}"
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    root = tmp_path_factory.mktemp("packaging")
-    # Built from a copy: an in-tree build would write build/ and *.egg-info into the checkout,
-    # where the editable install and other test runs live.
-    source = root / "source"
-    source.mkdir()
+def copy_sources(source: Path) -> Path:
+    """What a build reads, copied: an in-tree build would write build/ and *.egg-info into the
+    checkout, where the editable install and other test runs live."""
+    source.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
     for mapped in sorted(set(PACKAGE_DIRS.values())):
         shutil.copytree(REPO / mapped, source / mapped,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return source
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    root = tmp_path_factory.mktemp("packaging")
+    source = copy_sources(root / "source")
     dist = root / "dist"
     run_checked(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                 "--disable-pip-version-check", "--no-cache-dir", "-q", "-w", dist, source,
@@ -215,3 +222,105 @@ def test_console_script_from_the_wheel_runs(installed: Installed, script: str) -
     done = installed.run(installed.venv / "bin" / script, "--help")
     assert done.returncode == 0, f"{script} --help exited {done.returncode}:\n{done.stderr}"
     assert "usage" in done.stdout.lower()
+
+
+# --- install paths a Python user takes: `python -m build`, then pip with no index ---------------
+#
+# Everything below runs offline once the wheelhouse exists: scripts/wheelhouse.py keeps a wheel
+# of every dependency and of the build backend under .state/wheelhouse/ (built from PyPI once
+# per dependency list and Python; scripts/build_image.sh uses the same one). `python -m build`
+# takes its isolated build environment from it, and each install is `pip install --no-index
+# --find-links WHEELHOUSE` into a fresh venv with nothing else on its path.
+
+VERSION: str = PYPROJECT["project"]["version"]
+
+
+def offline_env(wheelhouse: Path) -> dict[str, str]:
+    """The environment of an offline pip: no index, only the wheelhouse; nothing of the
+    caller's pip or Python settings (PIP_FIND_LINKS, PIP_INDEX_URL, PYTHONPATH...)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
+    env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheelhouse), PIP_CONFIG_FILE=os.devnull,
+               PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONNOUSERSITE="1")
+    return env
+
+
+def run_offline(*argv: str | Path, env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run([str(arg) for arg in argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=STEP_TIMEOUT_S, check=False,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"{' '.join(map(str, argv))}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class Dists:
+    root: Path
+    wheelhouse: Path
+    sdist: Path
+    wheel: Path
+
+    def fresh_venv(self, name: str) -> Path:
+        # Without pip of its own (ensurepip takes seconds): this venv's pip installs into it.
+        venv = self.root / name
+        run_checked(sys.executable, "-m", "venv", "--without-pip", venv, cwd=self.root)
+        return venv
+
+    def pip_install(self, venv: Path, what: Path) -> None:
+        # --no-compile: byte-compiling every dependency is most of an install's time here.
+        run_offline(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install",
+                    "-q", "--no-compile", "--no-index", "--find-links", self.wheelhouse, what,
+                    env=offline_env(self.wheelhouse), cwd=self.root)
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
+    house = ensure_wheelhouse()
+    root = tmp_path_factory.mktemp("build")
+    source = copy_sources(root / "source")
+    dist = root / "dist"
+    # sdist first, then the wheel built from the unpacked sdist: a file the sdist misses fails.
+    run_offline(sys.executable, "-m", "build", "--outdir", dist, source,
+                env=offline_env(house), cwd=root)
+    (sdist,) = dist.glob("agent_infra-*.tar.gz")
+    (wheel,) = dist.glob("agent_infra-*.whl")
+    return Dists(root, house, sdist, wheel)
+
+
+def test_python_m_build_makes_an_sdist_and_a_wheel(dists: Dists) -> None:
+    assert dists.sdist.name == f"agent_infra-{VERSION}.tar.gz"
+    assert dists.wheel.name == f"agent_infra-{VERSION}-py3-none-any.whl"
+    with tarfile.open(dists.sdist) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert {"pyproject.toml", "README.md", "PKG-INFO"} <= names
+    # Every module and stub of the sources it was built from (a copy: the checkout may change).
+    source = dists.root / "source"
+    for package in PACKAGES:
+        directory = source_dir(package).relative_to(REPO)
+        for module in (source / directory).glob("*.py*"):
+            assert f"{directory}/{module.name}" in names, module
+    assert "client/__init__.pyi" in names
+
+
+def test_wheel_installs_offline_from_the_wheelhouse_and_its_scripts_run(dists: Dists) -> None:
+    venv = dists.fresh_venv("venv-wheel")
+    dists.pip_install(venv, dists.wheel)
+    env = offline_env(dists.wheelhouse)
+    run_offline(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "check",
+                env=env, cwd=dists.root)
+    for script in SCRIPTS:
+        out = run_offline(venv / "bin" / script, "--version", env=env, cwd=dists.root)
+        assert out.strip() == f"{script} {VERSION}", out
+        out = run_offline(venv / "bin" / script, "--help", env=env, cwd=dists.root)
+        assert out.lower().startswith("usage"), out
+        if script == "env-manager":
+            assert "--config" in out and "ENV_MANAGER_CONFIG" in out
+
+
+def test_sdist_installs_offline_from_the_wheelhouse(dists: Dists) -> None:
+    """The sdist builds with the backend from the wheelhouse (setuptools, wheel) and installs."""
+    venv = dists.fresh_venv("venv-sdist")
+    dists.pip_install(venv, dists.sdist)
+    out = run_offline(venv / "bin" / "env-manager", "--version",
+                      env=offline_env(dists.wheelhouse), cwd=dists.root)
+    assert out.strip() == f"env-manager {VERSION}"
