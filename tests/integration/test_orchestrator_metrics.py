@@ -135,3 +135,46 @@ async def test_health_shows_the_store_and_env_manager(stack: Stack) -> None:
         answer = await stack.stub.Health(pb.HealthRequest(), timeout=30)
         return bool(answer.healthy) and answer.services[env_manager] == "SERVING"
     await eventually(env_manager_back, "env-manager to be SERVING again")
+
+
+ORIGINAL_NAMES = (
+    "tasks_tracked_total", "tasks_pending", "tasks_running", "tasks_completed", "queue_depth",
+    "workflows_total", "env_queue_depth", "gpu_wait_seconds", "env_error_rate",
+    "runner_gpu_total", "orchestrator_concurrency_limit", "orchestrator_inflight_tasks",
+    "queue_tasks_submitted_total", "queue_tasks_processed_total", "queue_tasks_completed_total",
+    "events_published_total", "slurm_jobs_submitted_total", "slurm_jobs_completed_total",
+    "slurm_jobs_failed_total",
+)
+
+
+async def test_get_metrics_answers_the_original_names(stack: Stack) -> None:
+    before = await metrics(stack, *ORIGINAL_NAMES)
+    assert set(before) == set(ORIGINAL_NAMES)
+    everything = await metrics(stack)
+    assert set(ORIGINAL_NAMES) <= set(everything) and "submitted_total" in everything
+    held = new_id("orig-held")
+    await submit(stack.stub, held, task_class="held")
+    await run_one_good_and_one_bad(stack)
+    after = await metrics(stack, *ORIGINAL_NAMES)
+    grew = {name: after[name] - before[name] for name in ORIGINAL_NAMES}
+    assert grew["tasks_tracked_total"] == 3
+    assert grew["queue_tasks_submitted_total"] == 3
+    assert grew["queue_tasks_processed_total"] == 2
+    assert grew["queue_tasks_completed_total"] == grew["tasks_completed"] == 1
+    assert grew["tasks_pending"] == grew["queue_depth"] == grew["env_queue_depth"] == 1
+    assert after["tasks_running"] == after["orchestrator_inflight_tasks"] == 0
+    assert grew["events_published_total"] >= 3  # each task's submit at least
+    assert 0 < after["env_error_rate"] <= 1
+    # Built-in classes (4 each) and held (0): cpu_short, cpu_long, gpu, gpu_slurm.
+    status = await stack.stub.Health(pb.HealthRequest(), timeout=30)
+    assert status.healthy
+    assert after["orchestrator_concurrency_limit"] >= after["runner_gpu_total"] > 0
+    assert after["slurm_jobs_submitted_total"] == 0  # no [slurm] here
+    # Exact original names mix with ours; an unknown one is still refused.
+    mixed = await metrics(stack, "tasks_running", "queue_depth.held", "slurm_jobs_*")
+    assert set(mixed) == {"tasks_running", "queue_depth.held", "slurm_jobs_submitted_total",
+                          "slurm_jobs_completed_total", "slurm_jobs_failed_total"}
+    refused = await rpc_error(stack.stub.GetMetrics(
+        pb.GetMetricsRequest(metric_names=["tasks_running", "no_such_metric"]), timeout=30))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no_such_metric" in (refused.details() or "")
