@@ -149,7 +149,10 @@ def _number(text: str) -> float:
 
 async def availability(runner: TaskRunner, hardware: HardwareProbe,
                        workload_class: str) -> Availability:
-    """Capacity and use of a workload class (unknown class: InvalidArgument), with the hardware."""
+    """Capacity and use of a workload class (unknown class: InvalidArgument), with the hardware.
+    An empty class asks for the hardware and the classes' contracts only (nothing available)."""
+    if not workload_class:
+        return Availability(False, 0, 0, await hardware.get())
     capacity = runner.capacity(workload_class)
     in_use, info = await asyncio.gather(runner.in_use(workload_class), hardware.get())
     available = in_use < capacity and runner.queued(workload_class) == 0

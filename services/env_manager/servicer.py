@@ -6,6 +6,7 @@ middleware (services/runtime/status.py).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -67,14 +68,19 @@ class EnvManagerServicer(env_manager_pb2_grpc.EnvManagerServiceServicer):
 
     async def GetResourceAvailability(self, request: pb.GetResourceAvailabilityRequest,
                                       context: Context) -> pb.ResourceAvailabilityResponse:
-        availability = await self._get().availability(request.workload_class)
-        return _availability(availability)
+        manager = self._get()
+        availability = await manager.availability(request.workload_class)
+        response = _availability(availability)
+        for name, workload in manager.runner.classes.items():
+            response.workload_contracts[name] = json.dumps(workload.contract())
+        return response
 
     async def ExecuteTask(self, request: pb.ExecuteTaskRequest, context: Context
                           ) -> pb.ExecuteTaskResponse:
         outcome = await self._get().runner.execute(
             request.task_id, request.workload_class, dict(request.payload),
-            request.timeout_seconds, caller_identity(_bearer_token(context)))
+            request.timeout_seconds, caller_identity(_bearer_token(context)),
+            attempt=request.attempt)
         return pb.ExecuteTaskResponse(success=outcome.success, result=outcome.result,
                                       error=outcome.error, latency_ms=outcome.latency_ms)
 

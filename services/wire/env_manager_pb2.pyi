@@ -507,10 +507,31 @@ Global___GetResourceAvailabilityRequest: _TypeAlias = GetResourceAvailabilityReq
 class ResourceAvailabilityResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class WorkloadContractsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     AVAILABLE_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     IN_USE_FIELD_NUMBER: _builtins.int
     HARDWARE_FIELD_NUMBER: _builtins.int
+    WORKLOAD_CONTRACTS_FIELD_NUMBER: _builtins.int
     available: _builtins.bool
     """True when the class can take another task now."""
     capacity: _builtins.int
@@ -521,6 +542,13 @@ class ResourceAvailabilityResponse(_message.Message):
     def hardware(self) -> Global___HardwareInfo:
         """The host's hardware."""
 
+    @_builtins.property
+    def workload_contracts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Added (not in the original): every configured workload class -> its contract as JSON
+        (handler, default_image, allowed_images, mounts, max_timeout_seconds, enabled), so the
+        orchestrator checks payloads at submit without repeating env-manager's configuration.
+        """
+
     def __init__(
         self,
         *,
@@ -528,10 +556,11 @@ class ResourceAvailabilityResponse(_message.Message):
         capacity: _builtins.int = ...,
         in_use: _builtins.int = ...,
         hardware: Global___HardwareInfo | None = ...,
+        workload_contracts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "capacity", b"capacity", "hardware", b"hardware", "in_use", b"in_use"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "capacity", b"capacity", "hardware", b"hardware", "in_use", b"in_use", "workload_contracts", b"workload_contracts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -627,12 +656,17 @@ class ExecuteTaskRequest(_message.Message):
     WORKLOAD_CLASS_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Caller-chosen task id."""
     workload_class: _builtins.str
     """Workload class: cpu_short, cpu_long or gpu."""
     timeout_seconds: _builtins.int
     """Maximum run time, in seconds; 0 means the server default."""
+    attempt: _builtins.int
+    """Added (not in the original): the orchestrator's attempt number (1 first; 0 unknown), given
+    to handler and execution tasks as AGENT_INFRA_ATTEMPT. Not part of the request's identity.
+    """
     @_builtins.property
     def payload(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Task input, key -> value (values are JSON text)."""
@@ -644,10 +678,11 @@ class ExecuteTaskRequest(_message.Message):
         workload_class: _builtins.str = ...,
         payload: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeout_seconds: _builtins.int = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload_class", b"workload_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "payload", b"payload", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload_class", b"workload_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -286,6 +286,13 @@ async def start(engine: DockerEngine, container_id: str) -> None:
                       lambda: engine.client.containers.container(container_id).start())
 
 
+async def put_archive(engine: DockerEngine, container_id: str, path: str, tar: bytes) -> None:
+    """Extracts the tar into the (created, not yet started) container at `path`."""
+    await engine.call(f"put files into container {container_id}",
+                      lambda: engine.client.containers.container(container_id).put_archive(
+                          path, tar))  # type: ignore[no-untyped-call]
+
+
 async def stop(engine: DockerEngine, container_id: str, grace_seconds: float) -> None:
     """SIGTERM (or the image's STOPSIGNAL), SIGKILL after `grace_seconds`; no-op if stopped."""
     grace = max(0, math.ceil(grace_seconds))

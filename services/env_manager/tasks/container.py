@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
+import json
 import re
+import tarfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +39,9 @@ TIMEOUT_CAPPED_LABEL = f"{labels.PREFIX}.task-timeout-capped"
 # The request the container runs for (tasks/payload.request_key): a retry of the same request
 # attaches to it, any other request with the task's id is refused.
 REQUEST_LABEL = f"{labels.PREFIX}.task-request"
+# What the result echoes besides the run's output (warnings, workflow_id, tenant), as JSON, so
+# that a run adopted by a later process reports it too.
+EXTRAS_LABEL = f"{labels.PREFIX}.task-extras"
 # Output still in flight when the process has exited; past this the stream is abandoned.
 DRAIN_GRACE_S = 5.0
 # A killed container is gone within moments; this only guards against a wedged engine.
@@ -61,6 +67,7 @@ class RunRecord:
     timeout: float
     timeout_capped: bool
     request_key: str
+    extras: tuple[tuple[str, str], ...] = ()
 
 
 def container_name(stack: str, task_id: str) -> str:
@@ -80,25 +87,28 @@ def container_config(spec: TaskSpec, workload: WorkloadClass, stack: str,
         "Privileged": False,
         "AutoRemove": False,  # output is collected after the exit, then we remove it
         "NetworkMode": workload.network_mode,
-        "Binds": binds(workload),
+        "Binds": [*binds(workload), *spec.mounts],
         # No capability but the class's explicit ones; set-uid bits gain nothing.
         "CapDrop": ["ALL"],
         "SecurityOpt": ["no-new-privileges"],
         "PidsLimit": workload.pids_limit,
-        "Memory": workload.memory,
+        # A task's own limits (tasks/modes.py) are never above the class's.
+        "Memory": spec.memory or workload.memory,
         # Swap as large as the memory: the limit is not doubled by swap.
-        "MemorySwap": workload.memory,
+        "MemorySwap": spec.memory or workload.memory,
         # The engine's default json-file log is unbounded; a chatty task must not fill the disk.
         "LogConfig": {"Type": "json-file",
                       "Config": {"max-size": str(4 * output_limit + MIB), "max-file": "2"}},
     }
-    if workload.cpus is not None:
+    if spec.nano_cpus:
+        host["NanoCpus"] = spec.nano_cpus
+    elif workload.cpus is not None:
         host["NanoCpus"] = int(workload.cpus * 1e9)
     if workload.capabilities:
         host["CapAdd"] = workload.capabilities
-    if workload.gpus:
-        host["DeviceRequests"] = [{"Driver": "", "Count": workload.gpus,
-                                   "Capabilities": [["gpu"]]}]
+    gpus = workload.gpus if spec.gpus is None else min(spec.gpus, workload.gpus)
+    if gpus:
+        host["DeviceRequests"] = [{"Driver": "", "Count": gpus, "Capabilities": [["gpu"]]}]
     with_stdin = spec.stdin is not None
     config: dict[str, Any] = {
         "Image": spec.image,
@@ -112,6 +122,7 @@ def container_config(spec: TaskSpec, workload: WorkloadClass, stack: str,
             TIMEOUT_LABEL: repr(spec.timeout),
             TIMEOUT_CAPPED_LABEL: str(spec.timeout_capped).lower(),
             REQUEST_LABEL: spec.request_key,
+            EXTRAS_LABEL: json.dumps(dict(spec.extras)),
         },
         "Tty": False,
         "AttachStdout": True,
@@ -165,6 +176,9 @@ async def run_attached(engine: DockerEngine, container_id: str, spec: TaskSpec,
     output = Attachment(engine, container_id, stdin=False)
     inlet = Attachment(engine, container_id, stdin=True) if spec.stdin is not None else None
     try:
+        if spec.files:
+            await containers.put_archive(engine, container_id, "/",
+                                         _tar(spec.files, spec.file_owner))
         for attachment in (output, inlet):
             if attachment is not None:
                 await attachment.open()
@@ -190,7 +204,7 @@ async def run_attached(engine: DockerEngine, container_id: str, spec: TaskSpec,
         await output.close()
     return RunRecord(container_id, spec.workload_class, spec.image, exit_code, stdout, stderr,
                      started_at, finished_at, timed_out, spec.timeout, spec.timeout_capped,
-                     spec.request_key)
+                     spec.request_key, spec.extras)
 
 
 async def follow_existing(engine: DockerEngine, info: dict[str, Any],
@@ -216,7 +230,8 @@ async def follow_existing(engine: DockerEngine, info: dict[str, Any],
                      info["Config"].get("Image", ""), exit_code, stdout, stderr,
                      started_at, finished_at or exited_at, timed_out, timeout,
                      config_labels.get(TIMEOUT_CAPPED_LABEL) == "true",
-                     config_labels.get(REQUEST_LABEL, ""))
+                     config_labels.get(REQUEST_LABEL, ""),
+                     _extras(config_labels.get(EXTRAS_LABEL, "")))
 
 
 async def _pump(output: Attachment, stdout: StreamCapture, stderr: StreamCapture) -> None:
@@ -270,3 +285,27 @@ def _seconds(text: str | None) -> float:
         return max(0.0, float(text or 0))
     except ValueError:
         return 0.0
+
+
+def _tar(files: tuple[tuple[str, bytes], ...], owner: tuple[int, int]) -> bytes:
+    """A tar of `files` (absolute paths), read-only to their owner and everyone; missing parent
+    directories are made by the engine."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path, data in files:
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), 0o444
+            info.uid, info.gid = owner
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _extras(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        return ()
+    if not isinstance(found, dict):
+        return ()
+    return tuple((str(key), str(value)) for key, value in found.items())

@@ -1,6 +1,12 @@
 """Checking an ExecuteTask request and turning it into what the container will run.
 
-Payload keys (all optional; any other key is rejected):
+A payload is read in one of three forms (tasks/modes.py has the other two):
+- `execution` present: the original runner's section (a JSON object as text), tasks/modes.py;
+- `command` present, or only the keys below: our own form, described here;
+- anything else (a domain payload such as {"task_type": ..., "session_id": ...}): the class's
+  `handler` runs it; a class without one refuses it with INVALID_ARGUMENT naming the forms.
+
+Our own form's keys (all optional; any other key is rejected unless the class has a handler):
 
   command  a JSON array of strings, run as is (["python", "-c", "print(1)"]); or any other text,
            run by the image's shell as `/bin/sh -c TEXT` (a JSON-encoded string is decoded
@@ -49,6 +55,16 @@ class TaskSpec:
     timeout: float
     timeout_capped: bool
     request_key: str = ""
+    mode: str = "command"  # "command", "execution" or "handler"
+    # Per-task limits inside the class's (None: the class's own).
+    nano_cpus: int | None = None
+    memory: int | None = None
+    gpus: int | None = None
+    mounts: tuple[str, ...] = ()  # extra engine binds "src:dst:ro|rw" the class grants
+    files: tuple[tuple[str, bytes], ...] = ()  # (absolute path, content) put before the start
+    file_owner: tuple[int, int] = (65534, 65534)  # uid, gid of `files`: the class's user
+    # Echoed in the result: warnings (what was not honoured), workflow_id, tenant, artifacts.
+    extras: tuple[tuple[str, str], ...] = ()
 
 
 def caller_identity(token: str | None) -> str:
@@ -87,22 +103,32 @@ def check_class(name: str, classes: Mapping[str, WorkloadClass], *,
 
 def parse_request(task_id: str, workload_class: str, payload: Mapping[str, str],
                   timeout_seconds: int, classes: Mapping[str, WorkloadClass],
-                  caller: str = "") -> TaskSpec:
+                  caller: str = "", attempt: int = 0) -> TaskSpec:
     """A runnable TaskSpec, or InvalidArgument/FailedPrecondition naming the field at fault."""
+    from .modes import payload_form, spec_for_execution, spec_for_handler
+
     check_task_id(task_id)
     workload = check_class(workload_class, classes)
+    if timeout_seconds < 0:
+        raise InvalidArgument(f"timeout_seconds must be 0 (class default) or positive; "
+                              f"got {timeout_seconds}")
+    form = payload_form(payload, workload, workload_class)
+    if form == "execution":
+        return spec_for_execution(task_id, workload_class, workload, payload, timeout_seconds,
+                                  caller, attempt)
+    if form == "handler":
+        return spec_for_handler(task_id, workload_class, workload, payload, timeout_seconds,
+                                caller, attempt)
     unknown = sorted(set(payload) - set(PAYLOAD_KEYS))
     if unknown:
         raise InvalidArgument(f"payload has unknown key(s) {', '.join(map(repr, unknown))}; "
-                              f"allowed keys: {', '.join(PAYLOAD_KEYS)}")
+                              f"allowed keys: {', '.join(PAYLOAD_KEYS)} (or `execution`, "
+                              "or a domain payload for a class with a handler)")
     image = payload.get("image") or workload.image
     if image not in workload.allowed_images:
         raise InvalidArgument(
             f"payload.image {image!r:.200} is not allowed for workload_class {workload_class!r}; "
             f"allowed: {', '.join(workload.allowed_images)}")
-    if timeout_seconds < 0:
-        raise InvalidArgument(f"timeout_seconds must be 0 (class default) or positive; "
-                              f"got {timeout_seconds}")
     wanted = float(timeout_seconds) if timeout_seconds > 0 else workload.default_timeout
     env = {**workload.env, **parse_env(payload.get("env"))}
     stdin = payload.get("stdin")

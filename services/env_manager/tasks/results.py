@@ -8,10 +8,18 @@ abandoned ("true", only when so). stdout and stderr are capped as UTF-8 text (wh
 carries), and together so that the whole response stays within the server's max message size
 (server.max_message_bytes less a margin); what is cut is marked truncated as above.
 success is false for a non-zero exit (error "exit code N") and a timeout (error "timed out ...").
+
+Besides (the original runner's keys where they mean the same): runner_output, the JSON of the
+last stdout line `__DSPY_RESULT__: {json}` (only when there is one; found in the captured stdout,
+so a marker beyond tasks.output_limit_bytes is not seen); stdout_tail and stderr_tail (the last
+TAIL_CHARS characters of each, the flat form of the original's logs.stdout_tail/stderr_tail);
+status ("completed" or "failed"); and, when the payload had them, workflow_id, tenant and
+warnings (a JSON list of what the `execution` section asked and was not honoured or was capped).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,6 +35,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * MIB
 MIN_MESSAGE_MARGIN = 64 * 1024
 # A protobuf map entry's framing around its key and value (tags and length varints), at most.
 MAP_ENTRY_OVERHEAD = 20
+RESULT_MARKER = "__DSPY_RESULT__:"
+TAIL_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -114,7 +124,13 @@ def outcome_of(record: RunRecord) -> Finished:
         "timeout_s": f"{record.timeout:g}",
         "timeout_capped": flag(record.timeout_capped),
         "cached": "false",
+        "stdout_tail": stdout[-TAIL_CHARS:],
+        "stderr_tail": stderr[-TAIL_CHARS:],
+        **dict(record.extras),
     }
+    structured = runner_output(stdout)
+    if structured is not None:
+        result["runner_output"] = structured
     if record.timed_out:
         capped = " (capped at the class's max_timeout)" if record.timeout_capped else ""
         error = f"timed out after {record.timeout:g} s{capped}; the container was killed"
@@ -122,7 +138,22 @@ def outcome_of(record: RunRecord) -> Finished:
         error = f"exit code {record.exit_code}"
     else:
         error = ""
+    result["status"] = "failed" if error else "completed"
     return Finished(not error, result, error, record.request_key)
+
+
+def runner_output(stdout: str) -> str | None:
+    """The JSON of the last `__DSPY_RESULT__: {json}` line that parses, re-encoded compactly."""
+    for line in reversed(stdout.splitlines()):
+        text = line.strip()
+        if not text.startswith(RESULT_MARKER):
+            continue
+        try:
+            value = json.loads(text[len(RESULT_MARKER):])
+        except (ValueError, RecursionError):
+            continue
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return None
 
 
 def flag(value: bool) -> str:

@@ -58,7 +58,8 @@ CREATE_ATTEMPTS = 3
 
 class TaskRunner(Recovery):
     async def execute(self, task_id: str, workload_class: str, payload: Mapping[str, str],
-                      timeout_seconds: int, caller: str = "") -> TaskOutcome:
+                      timeout_seconds: int, caller: str = "", *,
+                      attempt: int = 0) -> TaskOutcome:
         """Run the task (or join its run, or return its stored result).
 
         `caller`: the caller's identity (payload.caller_identity of its token; "" without one).
@@ -70,7 +71,7 @@ class TaskRunner(Recovery):
         """
         began = time.perf_counter()
         spec = parse_request(task_id, workload_class, payload, timeout_seconds, self.classes,
-                             caller)
+                             caller, attempt)
         while True:
             execution = self._inflight.get(task_id)
             if execution is not None and execution.task.done() and execution.abandoned:

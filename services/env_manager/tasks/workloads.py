@@ -56,6 +56,16 @@ def parse_mount(text: str) -> tuple[str, str, str]:
     return source, target, mode
 
 
+class Handler(Section):
+    """What runs a payload that has neither `command` nor `execution` (a domain payload such as
+    {"task_type": ..., "session_id": ...}): the operator's worker image and command. It gets the
+    whole payload as JSON on stdin and in /run/agent-infra/payload.json (tasks/modes.py)."""
+
+    image: str = Field(min_length=1)
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
 class WorkloadClass(Section):
     image: str = Field(DEFAULT_IMAGE, min_length=1,
                        description="image used when the payload names none")
@@ -80,6 +90,8 @@ class WorkloadClass(Section):
     # Every capability is dropped; these (e.g. "NET_BIND_SERVICE") are given back.
     cap_add: list[str] = Field(default_factory=list)
     pids_limit: int = Field(DEFAULT_PIDS_LIMIT, ge=1, le=1_000_000)
+    # Runs domain payloads (no command, no execution); without one they are INVALID_ARGUMENT.
+    handler: Handler | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -89,6 +101,11 @@ class WorkloadClass(Section):
             allowed = list(data.get("allowed_images") or [])
             if isinstance(image, str) and image not in allowed:
                 allowed.insert(0, image)
+            handler = data.get("handler")
+            handler_image = (handler.get("image") if isinstance(handler, dict)
+                             else getattr(handler, "image", None))
+            if isinstance(handler_image, str) and handler_image not in allowed:
+                allowed.append(handler_image)
             data = {**data, "allowed_images": allowed}
         return data
 
@@ -116,6 +133,19 @@ class WorkloadClass(Section):
     def capabilities(self) -> list[str]:
         """cap_add as the engine takes it: upper case, no CAP_ prefix, each once."""
         return list(dict.fromkeys(c.upper().removeprefix("CAP_") for c in self.cap_add))
+
+    def contract(self) -> dict[str, Any]:
+        """What a caller may send for this class, as the orchestrator checks it at submit
+        (GetResourceAvailability's workload_contracts)."""
+        return {
+            "handler": self.handler is not None,
+            "default_image": self.image,
+            "allowed_images": list(self.allowed_images),
+            "mounts": [{"host_path": source, "mount_path": target, "read_only": mode == "ro"}
+                       for source, target, mode in map(parse_mount, self.mounts)],
+            "max_timeout_seconds": self.max_timeout,
+            "enabled": self.concurrency > 0,
+        }
 
     def unprotected_rw_mounts(self) -> list[str]:
         """rw mounts whose host path is not mounted nosuid,nodev on this host (as seen here)."""
