@@ -249,11 +249,12 @@ async def test_wrong_method_with_a_body_answers_405_and_keeps_the_connection(
 
 
 async def test_post_submit_body_is_bounded_by_max_payload(stack: Stack) -> None:
-    big = {"id": new_id("big"), "class": "held", "payload": {"command": "x" * (2 << 20)}}
+    big_id = new_id("big")
+    big = {"id": big_id, "class": "held", "payload": {"command": "x" * (2 << 20)}}
     code, answer = await stack.http("POST", "/queue/submit", body=big)
     assert code == 413 and "limits.max_payload_bytes" in answer["error"], answer
     missing = await rpc_error(stack.stub.GetTaskStatus(
-        pb.GetTaskStatusRequest(task_id=big["id"]), timeout=30))
+        pb.GetTaskStatusRequest(task_id=big_id), timeout=30))
     assert missing.code() == grpc.StatusCode.NOT_FOUND
 
 
