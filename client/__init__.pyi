@@ -36,6 +36,7 @@ from .infra import AgentInfra as AgentInfra
 from .infra import InfraStarter as InfraStarter
 from .infra import LocalDaemon as LocalDaemon
 from .orchestrator import OrchestratorClient as OrchestratorClient
+from .orchestrator import orchestrator_client as orchestrator_client
 from .orchestrator_models import CancelResult as CancelResult
 from .orchestrator_models import HealthStatus as HealthStatus
 from .orchestrator_models import Metrics as Metrics

@@ -23,6 +23,25 @@ address is started as a local subprocess (``python -m agent_infra.env_manager`` 
 the `AgentInfra` closes; a daemon that was already running is never started or stopped. Only
 loopback addresses can be auto-started. Logs and pid files go to ``data_dir`` (default
 ``~/.local/state/agent-infra``): ``env-manager.log``, ``orchestrator.log``, ``*.pid``.
+
+The original stack's API (``dspy_agent.infra``) works unchanged next to ours:
+``AgentInfra(orchestrator_addr=None, workspace=None, auto_start_services=None, cli_path=None)``
+(positionally too), ``AgentInfra.start(...)`` / ``AgentInfra.start_context(...)`` with the same
+keywords, ``await infra.start_async()`` / ``await infra.start()`` on an instance, ``stop()``,
+and the attributes ``orchestrator_addr``, ``workspace``, ``auto_start_services``, ``cli_path``.
+Where the two name the same thing (``orchestrator_addr``/``orchestrator_address``,
+``auto_start_services``/``auto_start``) either is accepted; both with different values is a
+TypeError. Differences, on purpose:
+
+- ``auto_start_services`` means what its name says here: start the local daemons that do not
+  answer. Neither keyword given: no auto-start (the original tried to launch its ``dspy-agent``
+  binary whenever the first connect failed, but that connect had no timeout). Setting
+  DSPY_AGENT_SKIP_START (1/true/yes/on) refuses auto-start even when asked, as the original did.
+- ``workspace`` and ``cli_path`` (DSPY_AGENT_CLI_PATH) located and ran the original's launcher
+  binary. The daemons here are started from this package (``python -m agent_infra.*``), so both
+  are kept on the instance for callers that read them and not used otherwise.
+- DSPY_AGENT_SERVICE_TIMEOUT (seconds, default 60) is the default ``start_timeout``: how long an
+  auto-started daemon gets to serve.
 """
 
 from __future__ import annotations
@@ -34,7 +53,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, overload
 
 from . import _launcher
 from ._launcher import LocalDaemon
@@ -56,8 +75,14 @@ __all__ = ["AgentInfra", "InfraStarter", "LocalDaemon"]
 
 #: Deadline of the Health call behind health_check().
 HEALTH_TIMEOUT = 10.0
-#: How long auto_start waits for a daemon it started to report SERVING.
+#: How long auto_start waits for a daemon it started to report SERVING (unless
+#: DSPY_AGENT_SERVICE_TIMEOUT says otherwise).
 START_TIMEOUT = 60.0
+#: The original stack's environment variables, honoured here.
+SKIP_START_ENV = "DSPY_AGENT_SKIP_START"
+SERVICE_TIMEOUT_ENV = "DSPY_AGENT_SERVICE_TIMEOUT"
+CLI_PATH_ENV = "DSPY_AGENT_CLI_PATH"
+_TRUE = frozenset({"1", "true", "yes", "on"})
 _HTTP = {
     # name: (default gRPC address, default HTTP address, env variable the daemon reads)
     "env-manager": ("127.0.0.1:50100", "127.0.0.1:50101", "ENV_MANAGER_METRICS_ADDR"),
@@ -90,13 +115,28 @@ class AgentInfra:
     first call. Always `close()` what you connected.
     """
 
-    def __init__(self, *, orchestrator_address: str | None = None,
+    def __init__(self, orchestrator_addr: str | None = None,
+                 workspace: str | Path | None = None, auto_start_services: bool | None = None,
+                 cli_path: str | Path | None = None, *,
+                 orchestrator_address: str | None = None,
                  env_manager_address: str | None = None,
-                 config: ConnectionConfig | None = None, auto_start: bool = False,
+                 config: ConnectionConfig | None = None, auto_start: bool | None = None,
                  env_manager_config: str | Path | None = None,
                  orchestrator_config: str | Path | None = None,
                  data_dir: str | Path | None = None, connect_timeout: float | None = None,
-                 start_timeout: float = START_TIMEOUT) -> None:
+                 start_timeout: float | None = None) -> None:
+        orchestrator_address = _one_of("orchestrator_addr", orchestrator_addr,
+                                       "orchestrator_address", orchestrator_address)
+        wanted = _one_of("auto_start_services", auto_start_services, "auto_start", auto_start)
+        self._skip_start = os.environ.get(SKIP_START_ENV, "").strip().lower() in _TRUE
+        auto_start = bool(wanted) and not self._skip_start
+        #: The original's attributes (see the module docstring).
+        self.workspace = Path(workspace) if workspace is not None else Path.cwd()
+        self.auto_start_services = auto_start
+        explicit_cli = cli_path if cli_path is not None else os.environ.get(CLI_PATH_ENV)
+        self.cli_path = Path(explicit_cli) if explicit_cli else None
+        if start_timeout is None:
+            start_timeout = _env_seconds(SERVICE_TIMEOUT_ENV, START_TIMEOUT)
         base = config or ConnectionConfig()
         if connect_timeout is not None:
             base = replace(base, connect_timeout=connect_timeout)
@@ -112,20 +152,48 @@ class AgentInfra:
         self._start_timeout = start_timeout
         self._started: list[LocalDaemon] = []
 
+    class _Start:
+        """``AgentInfra.start(...)`` makes an instance; ``infra.start()`` (the original's
+        instance method) uses that instance. Both give an `InfraStarter`."""
+
+        @overload
+        def __get__(self, instance: None, owner: type[AgentInfra]
+                    ) -> _StartFactory: ...
+
+        @overload
+        def __get__(self, instance: AgentInfra, owner: type[AgentInfra] | None = None
+                    ) -> _StartFactory: ...
+
+        def __get__(self, instance: AgentInfra | None,
+                    owner: type[AgentInfra] | None = None) -> _StartFactory:
+            if instance is None:
+                assert owner is not None
+                return _StartFactory(owner, None)
+            return _StartFactory(type(instance), instance)
+
+    #: ``AgentInfra.start(**kwargs)``: an `InfraStarter` for a new instance made with these
+    #: arguments (as for `AgentInfra`): ``async with`` it, ``await`` it, or run its
+    #: ``start()`` to bring the daemons up detached. On an instance, ``infra.start()`` (no
+    #: arguments) is the same for that instance, so ``await infra.start()`` connects it.
+    start = _Start()
+
     @classmethod
-    def start(cls, *, orchestrator_address: str | None = None,
-              env_manager_address: str | None = None, config: ConnectionConfig | None = None,
-              auto_start: bool = False, env_manager_config: str | Path | None = None,
-              orchestrator_config: str | Path | None = None, data_dir: str | Path | None = None,
-              connect_timeout: float | None = None,
-              start_timeout: float = START_TIMEOUT) -> InfraStarter:
-        """An `InfraStarter` for these settings: ``async with`` it, ``await`` it, or run its
-        ``start()`` to bring the daemons up detached. Arguments as for `AgentInfra`."""
-        return InfraStarter(cls(
-            orchestrator_address=orchestrator_address, env_manager_address=env_manager_address,
-            config=config, auto_start=auto_start, env_manager_config=env_manager_config,
-            orchestrator_config=orchestrator_config, data_dir=data_dir,
-            connect_timeout=connect_timeout, start_timeout=start_timeout))
+    def start_context(cls, *args: Any, **kwargs: Any) -> InfraStarter:
+        """The original's name for ``AgentInfra.start(...)`` as an async context manager."""
+        return InfraStarter(cls(*args, **kwargs))
+
+    @property
+    def orchestrator_addr(self) -> str:
+        """The orchestrator's address (the original's attribute)."""
+        return self._orchestrator.address
+
+    async def start_async(self) -> Self:
+        """The original's way to connect: the same as `connect()`."""
+        return await self.connect()
+
+    async def stop(self) -> None:
+        """The original's way to close: the same as `close()`."""
+        await self.close()
 
     # -- connections and daemons ------------------------------------------------------------------
 
@@ -154,6 +222,13 @@ class AgentInfra:
             self._started.extend(await self._bring_up(detached=False))
         try:
             await self._orchestrator.connect()
+        except InfraUnavailable as exc:
+            await self.close()
+            if self._skip_start:
+                raise InfraUnavailable(
+                    f"{exc}; auto-start is disabled by {SKIP_START_ENV}",
+                    address=self._orchestrator.address) from exc
+            raise
         except BaseException:
             await self.close()
             raise
@@ -385,6 +460,42 @@ class InfraStarter:
         the daemons started, with their pids and log files (empty when both were running).
         """
         return await self._infra.up()
+
+
+class _StartFactory:
+    """What ``AgentInfra.start`` is when looked up (see `AgentInfra._Start`)."""
+
+    def __init__(self, cls: type[AgentInfra], instance: AgentInfra | None) -> None:
+        self._cls, self._instance = cls, instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> InfraStarter:
+        if self._instance is None:
+            return InfraStarter(self._cls(*args, **kwargs))
+        if args or kwargs:
+            raise TypeError("infra.start() on an instance takes no arguments; use "
+                            "AgentInfra.start(...) to make a new one")
+        return InfraStarter(self._instance)
+
+
+def _one_of(original: str, original_value: Any, ours: str, our_value: Any) -> Any:
+    """The value given under either name (the original's or ours); both must then agree."""
+    if original_value is not None and our_value is not None and original_value != our_value:
+        raise TypeError(f"{original}={original_value!r} and {ours}={our_value!r} disagree: "
+                        f"they are the same setting, give one")
+    return our_value if our_value is not None else original_value
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}={raw!r}: expected a number of seconds > 0")
+    return value
 
 
 def _absolute(path: str | Path | None) -> Path | None:

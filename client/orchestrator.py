@@ -27,13 +27,15 @@ being switched off for calls without one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from agent_infra.wire import orchestrator_pb2 as pb
 from agent_infra.wire import orchestrator_pb2_grpc
@@ -41,8 +43,8 @@ from agent_infra.wire import orchestrator_pb2_grpc
 from . import _orchestrator_wire as wire
 from ._base import ServiceClient, names_tuple
 from ._payload import encode_payload
-from ._transport import ServiceTarget
-from .errors import Cancelled, InfraUnavailable
+from ._transport import ConnectionConfig, ServiceTarget
+from .errors import Cancelled, InfraError, InfraUnavailable
 from .orchestrator_models import (
     CancelResult,
     HealthStatus,
@@ -59,7 +61,8 @@ from .orchestrator_models import (
     WorkflowSummary,
 )
 
-__all__ = ["ORCHESTRATOR", "OrchestratorClient", "new_idempotency_key", "new_task_id"]
+__all__ = ["ORCHESTRATOR", "OrchestratorClient", "new_idempotency_key", "new_task_id",
+           "orchestrator_client", "reconnect_backoff"]
 
 # Retried on UNAVAILABLE: the reads and streams (gRPC retries a stream only before its first
 # message), CancelTask (cancelling twice leaves the task cancelled), and the three writes, made
@@ -76,6 +79,22 @@ ORCHESTRATOR = ServiceTarget(
 
 #: How long wait_for_task keeps reconnecting to an orchestrator that went away before giving up.
 RECONNECT_WINDOW = 30.0
+#: The original's variable: the longest pause between reconnect attempts, seconds (default 2.0).
+RECONNECT_BACKOFF_ENV = "DSPY_AGENT_RECONNECT_BACKOFF"
+
+
+def reconnect_backoff() -> float:
+    """DSPY_AGENT_RECONNECT_BACKOFF (read now): seconds, > 0; default 2.0."""
+    raw = os.environ.get(RECONNECT_BACKOFF_ENV, "").strip()
+    if not raw:
+        return 2.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{RECONNECT_BACKOFF_ENV}={raw!r}: expected a number of seconds > 0")
+    return value
 
 
 def new_task_id() -> str:
@@ -103,6 +122,12 @@ class OrchestratorClient(ServiceClient):
 
     _target = ORCHESTRATOR
 
+    def __init__(self, address: str | None = None, *,
+                 config: ConnectionConfig | None = None) -> None:
+        super().__init__(address, config=config)
+        # Longest pause between reconnects in wait_for_task (DSPY_AGENT_RECONNECT_BACKOFF).
+        self._reconnect_backoff = reconnect_backoff()
+
     def _make_stub(self, channel: Any) -> Any:
         return orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
 
@@ -111,11 +136,28 @@ class OrchestratorClient(ServiceClient):
 
     # -- tasks ---------------------------------------------------------------------------------
 
+    @overload
     async def submit_task(self, task_id: str, payload: Mapping[str, object], *,
-                          task_class: str = "cpu_short", priority: int = 0,
-                          workflow_id: str = "", timeout_seconds: int = 0,
-                          max_attempts: int = 0, timeout: float | None = None) -> SubmitResult:
+                          task_class: str = ..., priority: int = ..., workflow_id: str | None = ...,
+                          timeout_seconds: int = ..., max_attempts: int = ...,
+                          timeout: float | None = ...) -> SubmitResult: ...
+
+    @overload
+    async def submit_task(self, task_id: str, task_class: str = ...,
+                          payload: Mapping[str, object] | None = ..., priority: int = ...,
+                          workflow_id: str | None = ..., *, timeout_seconds: int = ...,
+                          max_attempts: int = ..., timeout: float | None = ...) -> SubmitResult: ...
+
+    async def submit_task(self, task_id: str, *args: Any, **kwargs: Any) -> SubmitResult:
         """Queue one task; the orchestrator stores it before it answers.
+
+        Two call forms: ours, ``submit_task(task_id, payload, *, task_class=..., priority=...,
+        workflow_id=...)``, and the original client's positional order, ``submit_task(task_id,
+        task_class, payload, priority, workflow_id)`` (told apart by the second argument: a
+        mapping is a payload, a string a class). Keywords work in either. The result is a
+        `SubmitResult`, which is also the original's ``{"success", "task_id", "error"}``
+        mapping. Unlike the original (which sent ``str(value)``), non-string payload values
+        are sent as JSON.
 
         Args:
             task_id: the task's id (1-128 letters, digits and ``-_.:``). Empty: the client
@@ -136,12 +178,14 @@ class OrchestratorClient(ServiceClient):
         used for a different task), FailedPrecondition (class disabled), ResourceExhausted
         (queue full or payload too large).
         """
+        options = _submit_arguments(args, kwargs)
         request = pb.SubmitTaskRequest(
-            id=task_id or new_task_id(), payload=encode_payload(payload), priority=priority,
-            workflow_id=workflow_id or "", timeout_seconds=timeout_seconds,
-            max_attempts=max_attempts, **{"class": task_class})
+            id=task_id or new_task_id(), payload=encode_payload(options["payload"] or {}),
+            priority=options["priority"], workflow_id=options["workflow_id"] or "",
+            timeout_seconds=options["timeout_seconds"], max_attempts=options["max_attempts"],
+            **{"class": options["task_class"]})
         return wire.submit_result(
-            await self._unary("SubmitTask", request, self._deadline(timeout)))
+            await self._unary("SubmitTask", request, self._deadline(options["timeout"])))
 
     async def get_task_status(self, task_id: str, *, timeout: float | None = None
                               ) -> TaskStatus:
@@ -249,7 +293,7 @@ class OrchestratorClient(ServiceClient):
                 if now - failing_since > RECONNECT_WINDOW:
                     raise
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, self._reconnect_backoff)
 
     # -- workflows -----------------------------------------------------------------------------
 
@@ -315,13 +359,20 @@ class OrchestratorClient(ServiceClient):
 
     # -- observability -------------------------------------------------------------------------
 
-    async def get_metrics(self, names: str | Iterable[str] = (), *,
+    async def get_metrics(self, names: str | Iterable[str] | None = (), *,
+                          metric_names: str | Iterable[str] | None = None,
                           timeout: float | None = None) -> Metrics:
-        """Numeric metrics (all when none named): queue depths, task counts, ..."""
-        request = pb.GetMetricsRequest(metric_names=names_tuple(names))
+        """Numeric metrics (all when none named): queue depths, task counts, ...
+
+        `metric_names` is the original's name for `names`. The `Metrics` returned is also a
+        mapping of name to value, as the original's dict was.
+        """
+        chosen = metric_names if metric_names is not None else names
+        request = pb.GetMetricsRequest(metric_names=names_tuple(chosen or ()))
         return wire.metrics(await self._unary("GetMetrics", request, self._deadline(timeout)))
 
-    def stream_events(self, event_types: str | Iterable[str] = (), *,
+    def stream_events(self, event_types: str | Iterable[str] | None = (),
+                      since_timestamp: float | datetime | None = None, *,
                       since: float | datetime | None = None,
                       timeout: float | None = None) -> AsyncIterator[SystemEvent]:
         """Events (all types when none named): first those since `since`, then live ones.
@@ -336,16 +387,85 @@ class OrchestratorClient(ServiceClient):
                 events only, no replay; ``since=1`` replays every stored event (within the
                 orchestrator's retention).
 
+            since_timestamp: the original's name (and position) for `since`.
+
         Runs until the caller stops reading. Raises InvalidArgument for an unknown type.
         """
-        request = pb.StreamEventsRequest(event_types=names_tuple(event_types),
-                                         since_timestamp=_since_timestamp(since))
+        start = since if since is not None else since_timestamp
+        request = pb.StreamEventsRequest(event_types=names_tuple(event_types or ()),
+                                         since_timestamp=_since_timestamp(start))
         return self._stream("StreamEvents", request, timeout, wire.system_event)
 
     async def health(self, timeout: float | None = None) -> HealthStatus:
         """The orchestrator's own view of its health, version and dependencies."""
         return wire.health_status(
             await self._unary("Health", pb.HealthRequest(), self._deadline(timeout)))
+
+    async def health_check(self, timeout: float | None = None) -> dict[str, Any]:
+        """The original client's health call: ``{"healthy", "version", "services"}``.
+
+        Never raises because the orchestrator is unreachable or failing: that gives
+        ``{"healthy": False, "version": "", "services": {}, "error": "..."}`` (within the
+        connect timeout), as the original returned ``{"healthy": False, "error": ...}``.
+        """
+        try:
+            status = await self.health(timeout=timeout)
+        except InfraError as exc:
+            return {"healthy": False, "version": "", "services": {}, "error": str(exc)}
+        return {"healthy": status.healthy, "version": status.version,
+                "services": dict(status.services)}
+
+
+@contextlib.asynccontextmanager
+async def orchestrator_client(address: str | None = None, *,
+                              config: ConnectionConfig | None = None
+                              ) -> AsyncIterator[OrchestratorClient]:
+    """``async with orchestrator_client(addr) as client:`` a connected `OrchestratorClient`,
+    closed on exit (the original's context manager). Raises InfraUnavailable when nothing
+    answers at the address within the connect timeout."""
+    client = OrchestratorClient(address, config=config)
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+_SUBMIT_DEFAULTS: dict[str, Any] = {
+    "payload": None, "task_class": "cpu_short", "priority": 0, "workflow_id": "",
+    "timeout_seconds": 0, "max_attempts": 0, "timeout": None}
+_ORIGINAL_ORDER = ("task_class", "payload", "priority", "workflow_id")
+
+
+def _submit_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """submit_task's arguments after task_id, in either call form, by name."""
+    unknown = sorted(set(kwargs) - set(_SUBMIT_DEFAULTS))
+    if unknown:
+        raise TypeError(f"submit_task() got an unexpected keyword argument {unknown[0]!r}")
+    if not args:
+        names: tuple[str, ...] = ()
+    elif isinstance(args[0], Mapping) or args[0] is None:
+        if len(args) > 1:
+            raise TypeError("submit_task(task_id, payload, ...): the other arguments are "
+                            "keyword-only in this form (task_class=, priority=, ...)")
+        names = ("payload",)
+    elif isinstance(args[0], str):
+        if len(args) > len(_ORIGINAL_ORDER):
+            raise TypeError("submit_task(task_id, task_class, payload, priority, workflow_id) "
+                            f"takes at most 5 positional arguments ({len(args) + 1} given)")
+        names = _ORIGINAL_ORDER[:len(args)]
+    else:
+        raise TypeError("submit_task(): the second argument is a payload mapping or a task "
+                        f"class string, not {type(args[0]).__name__}")
+    options = dict(_SUBMIT_DEFAULTS)
+    for name, value in zip(names, args, strict=True):
+        if name in kwargs:
+            raise TypeError(f"submit_task() got multiple values for argument {name!r}")
+        options[name] = value
+    options.update(kwargs)
+    if options["payload"] is not None and not isinstance(options["payload"], Mapping):
+        raise TypeError("submit_task(): payload must be a mapping of key to value")
+    return options
 
 
 def _since_timestamp(since: float | datetime | None) -> int:

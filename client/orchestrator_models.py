@@ -4,11 +4,21 @@ Field meanings are those of orchestrator.v1 (WIRE-API.md); timestamps are unix s
 not reached yet), durations in milliseconds. Maps of strings stay as the wire has them
 (``result``, ``output``, ``data``); the ``decoded_*`` properties give the values back as Python
 values where they are JSON (see `client._payload.decode_value`).
+
+Read-only mappings as well: the original stack's OrchestratorClient returned plain dicts from
+``submit_task``, ``get_task_status``, ``stream_task_results``, ``stream_events``,
+``get_metrics`` and ``health_check``. `SubmitResult`, `TaskStatus`, `TaskResult`, `SystemEvent`
+and `HealthStatus` are also mappings of their fields (``result["task_id"]``, ``.get()``,
+``dict(result)``, ``== {...}``; task states also have the original's ``"result_payload"`` key,
+the same map as ``"result"``), and `Metrics` is a mapping of metric name to value, as the
+original's ``get_metrics`` dict was; attributes work as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ._payload import decode_payload
 
@@ -33,8 +43,45 @@ __all__ = [
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
-@dataclass(frozen=True)
-class SubmitResult:
+class _FieldMapping(Mapping[str, Any]):
+    """A dataclass that is also a read-only mapping of its fields (the original's dict shape).
+
+    Equal to another instance of the same class with the same fields, and to a mapping with
+    the same keys and values. `_aliases` adds keys that read another field.
+    """
+
+    __slots__ = ()
+    _aliases: dict[str, str] = {}
+
+    def _keys(self) -> list[str]:
+        return [f.name for f in fields(self)] + list(self._aliases)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._aliases:
+            key = self._aliases[key]
+        if not isinstance(key, str) or key not in {f.name for f in fields(self)}:  # type: ignore[arg-type]
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is type(self):
+            return all(getattr(self, f.name) == getattr(other, f.name)
+                       for f in fields(self))  # type: ignore[arg-type]
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class SubmitResult(_FieldMapping):
     """Outcome of SubmitTask. An error the server reports raises instead (`InvalidArgument`...)."""
 
     success: bool
@@ -43,9 +90,11 @@ class SubmitResult:
     error: str = ""
 
 
-@dataclass(frozen=True)
-class _TaskFacts:
+@dataclass(frozen=True, eq=False)
+class _TaskFacts(_FieldMapping):
     """What GetTaskStatus and each item of StreamTaskResults say about a task."""
+
+    _aliases = {"result_payload": "result"}  # the original's get_task_status key
 
     task_id: str
     #: pending, running, completed, failed or cancelled.
@@ -74,7 +123,7 @@ class _TaskFacts:
         return self.status in TERMINAL_STATUSES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TaskStatus(_TaskFacts):
     """A task's current state (GetTaskStatus)."""
 
@@ -83,7 +132,7 @@ class TaskStatus(_TaskFacts):
         return self.status == "completed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TaskResult(_TaskFacts):
     """One item of StreamTaskResults: a task's state when the stream starts, then each change."""
 
@@ -190,17 +239,37 @@ class WorkflowStatus:
         return self.status in TERMINAL_STATUSES
 
 
-@dataclass(frozen=True)
-class Metrics:
-    """A snapshot of the orchestrator's numeric metrics."""
+@dataclass(frozen=True, eq=False)
+class Metrics(Mapping[str, float]):
+    """A snapshot of the orchestrator's numeric metrics; also a mapping of metric name to
+    value (``m["tasks_running"]``, ``dict(m)``), as the original's ``get_metrics`` dict was.
+    Equal to another snapshot with the same fields, and to a dict of the same metrics."""
 
     metrics: dict[str, float]
     #: When the snapshot was taken.
     timestamp: int
 
+    def __getitem__(self, name: str) -> float:
+        return self.metrics[name]
 
-@dataclass(frozen=True)
-class SystemEvent:
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.metrics)
+
+    def __len__(self) -> int:
+        return len(self.metrics)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is type(self):
+            return (self.metrics, self.timestamp) == (other.metrics, other.timestamp)
+        if isinstance(other, Mapping):
+            return self.metrics == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class SystemEvent(_FieldMapping):
     """One event: task_submitted, task_started, task_completed, workflow_started, ...
 
     `data` carries the event's details; agent-infra adds ``data["seq"]``, the event's position
@@ -214,8 +283,8 @@ class SystemEvent:
     timestamp: int = 0
 
 
-@dataclass(frozen=True)
-class HealthStatus:
+@dataclass(frozen=True, eq=False)
+class HealthStatus(_FieldMapping):
     """The orchestrator's Health answer."""
 
     #: True when the orchestrator and every dependency (its store, each env-manager) serve.

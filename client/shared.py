@@ -56,12 +56,22 @@ def _slot(loop: asyncio.AbstractEventLoop) -> _Slot:
         return slot
 
 
-async def ensure_infra(**kwargs: Any) -> AgentInfra:
+def _with_original(auto_start_services: bool | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The original's positional `auto_start_services` folded into the keyword arguments."""
+    if auto_start_services is not None:
+        kwargs = {**kwargs, "auto_start_services": auto_start_services}
+    return kwargs
+
+
+async def ensure_infra(auto_start_services: bool | None = None, /, **kwargs: Any) -> AgentInfra:
     """The shared AgentInfra of the running event loop, made and connected on first use.
 
-    Keyword arguments as for `AgentInfra.start` (addresses, config, auto_start, ...). Raises
-    InfraUnavailable when the orchestrator cannot be reached (and could not be auto-started).
+    Keyword arguments as for `AgentInfra.start` (addresses, config, auto_start, ...), including
+    the original's (``ensure_infra(auto_start_services, *, orchestrator_addr, workspace,
+    cli_path)``). Raises InfraUnavailable when the orchestrator cannot be reached (and could
+    not be auto-started).
     """
+    kwargs = _with_original(auto_start_services, kwargs)
     slot = _slot(asyncio.get_running_loop())
     if slot.infra is not None:
         return slot.infra
@@ -75,12 +85,14 @@ async def ensure_infra(**kwargs: Any) -> AgentInfra:
 
 
 @contextlib.asynccontextmanager
-async def use_infra(**kwargs: Any) -> AsyncIterator[AgentInfra]:
-    """``async with use_infra() as infra:`` the shared instance (see `ensure_infra`).
+async def use_infra(auto_start_services: bool | None = None, /,
+                    **kwargs: Any) -> AsyncIterator[AgentInfra]:
+    """``async with use_infra() as infra:`` the shared instance (see `ensure_infra`; the same
+    arguments).
 
     It stays open after the block, for the next user; `shutdown_infra` closes it.
     """
-    yield await ensure_infra(**kwargs)
+    yield await ensure_infra(auto_start_services, **kwargs)
 
 
 async def shutdown_infra() -> None:
@@ -113,8 +125,12 @@ async def _health_once(kwargs: dict[str, Any]) -> dict[str, Any]:
         await _close_loop_instance()
 
 
-def ensure_infra_sync(**kwargs: Any) -> dict[str, Any]:
+def ensure_infra_sync(auto_start_services: bool | None = None, /,
+                      **kwargs: Any) -> dict[str, Any]:
     """From synchronous code: make sure the infrastructure answers; its health dict.
+
+    Arguments as for `ensure_infra`. (The original returned its AgentInfra, whose connection
+    belonged to an event loop that had already ended; the health dict is what it was good for.)
 
     Each call runs a short event loop of its own (``asyncio.run``), connects, checks health
     and closes its connection again, so it works any number of times and never leaves a
@@ -123,6 +139,7 @@ def ensure_infra_sync(**kwargs: Any) -> dict[str, Any]:
     (``auto_start=True``) keep running for the next call; `shutdown_infra` or interpreter exit
     stops them. Raises InfraUnavailable when the orchestrator cannot be reached.
     """
+    kwargs = _with_original(auto_start_services, kwargs)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
