@@ -126,13 +126,16 @@ def workflow_routes(domain: Callable[[], Orchestrator],
         if unknown:
             raise InvalidArgument(f"body has unknown keys: {', '.join(unknown)[:200]} (allowed: "
                                   f"{', '.join(sorted(RUN_KEYS))})")
-        key = document.get("idempotency_key") or ""
+        key = document.get("idempotency_key", "")
+        key = "" if key is None else key
         if not isinstance(key, str):
             raise InvalidArgument("idempotency_key must be a string")
-        run_input = document.get("input") or {}
+        run_input = document.get("input", {})
+        run_input = {} if run_input is None else run_input
         if not isinstance(run_input, dict):
             raise InvalidArgument("input must be a JSON object")
-        metadata = document.get("metadata") or {}
+        metadata = document.get("metadata", {})
+        metadata = {} if metadata is None else metadata
         if not isinstance(metadata, dict):
             raise InvalidArgument("metadata must be a JSON object")
         flat = {str(k): v if isinstance(v, str) else templating.encode_json(v)
