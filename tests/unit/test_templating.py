@@ -45,7 +45,7 @@ def test_references(text: str, expected: set[tuple[str, ...]]) -> None:
     ("{{ input.has space }}", "unknown template expression"),
     ("{{ steps.fetch }}", "unknown template expression"),
     ("{{ steps.fetch.result }}", "unknown template expression"),
-    ("{{ steps.fetch.output.x }}", "unknown template expression"),
+    ("{{ steps.fetch.outputs.x }}", "unknown template expression"),
     ("{{ steps.bad.id.status }}", "unknown template expression"),
     ("{{ run.name }}", "unknown template expression"),
     ("{{ Input.name }}", "unknown template expression"),
@@ -130,3 +130,17 @@ def test_render_payload_error_names_the_key() -> None:
     assert str(caught.value).startswith("payload 'bad': input 'nope' is not set")
     with pytest.raises(TemplateError, match="payload 'j': step 'fetch' result has no key 'z'"):
         render_payload({"j": '["{{ steps.fetch.result.z }}"]'}, {"j"}, CONTEXT)
+
+
+def test_structured_output_of_a_step() -> None:
+    """{{ steps.X.output.KEY }} reads the step's __DSPY_RESULT__ object (runner_output)."""
+    assert references("{{ steps.fetch.output.score }}") == {("steps", "fetch", "output", "score")}
+    context = RenderContext(run_id="r", workflow_id="w", input={}, steps={"fetch": StepView(
+        "completed", {"runner_output": '{"score": 0.93, "label": "good", "tags": ["a"]}'})})
+    assert render("{{ steps.fetch.output.label }}:{{ steps.fetch.output.score }}",
+                  context) == "good:0.93"
+    assert render("{{ steps.fetch.output.tags | raw }}", context) == '["a"]'
+    with pytest.raises(TemplateError, match="output has no key 'nope'; it has: label, score"):
+        render("{{ steps.fetch.output.nope }}", context)
+    with pytest.raises(TemplateError, match="has no structured output"):
+        render("{{ steps.fetch.output.x }}", CONTEXT)

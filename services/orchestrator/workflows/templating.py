@@ -10,6 +10,10 @@ each tag just before it submits the step's task. Whitespace inside the braces is
     The value of ``KEY`` in the result map of step ``STEP``. ``STEP`` must be an ancestor of the
     step using it (a parent, or a parent's ancestor): that is checked when the workflow is created,
     so a step never waits on, or reads from, a step that may not have run yet.
+``{{ steps.STEP.output.KEY }}``
+    The value of ``KEY`` in step ``STEP``'s structured output: the JSON object of its last
+    ``__DSPY_RESULT__: {json}`` stdout line (its result's ``runner_output``). A string value is
+    substituted as it is, any other value as its JSON text. Same ancestor rule as ``result``.
 ``{{ steps.STEP.status }}``
     The status of ancestor ``STEP`` (always ``completed`` when the step runs, since a step only
     starts once all its parents completed).
@@ -69,12 +73,15 @@ _STEP = r"[A-Za-z0-9_-]{1,64}"
 _INPUT = re.compile(rf"input\.({_KEY})")
 _RESULT = re.compile(rf"steps\.({_STEP})\.result\.({_KEY})")
 _STATUS = re.compile(rf"steps\.({_STEP})\.status")
+_OUTPUT = re.compile(rf"steps\.({_STEP})\.output\.({_KEY})")
+# The result key holding a task's structured output (env-manager's tasks/results.py).
+OUTPUT_KEY = "runner_output"
 _LITERAL_OPEN = "'{{'"
 _FILTERS = ("raw", "quote")
 # The payload key whose text value a shell runs (env-manager and Slurm alike).
 SHELL_KEY = "command"
-_SYNTAX = ("input.NAME, steps.STEP.result.KEY, steps.STEP.status, run.id, workflow.id, "
-           "or '{{' for a literal {{")
+_SYNTAX = ("input.NAME, steps.STEP.result.KEY, steps.STEP.output.KEY, steps.STEP.status, "
+           "run.id, workflow.id, or '{{' for a literal {{")
 _JSON_OPTIONS: dict[str, Any] = {"sort_keys": True, "separators": (",", ":"),
                                  "ensure_ascii": False}
 
@@ -137,6 +144,8 @@ def _parse_reference(text: str, expression: str) -> Reference:
         return ("steps", match[1], "result", match[2])
     if match := _STATUS.fullmatch(text):
         return ("steps", match[1], "status")
+    if match := _OUTPUT.fullmatch(text):
+        return ("steps", match[1], "output", match[2])
     raise TemplateError(
         f"unknown template expression {{{{{expression[:200]}}}}}: use {_SYNTAX}")
 
@@ -275,10 +284,27 @@ def _resolve(reference: Reference, context: RenderContext) -> str:
     if reference[2] == "status":
         return str(outcome.status)
     key = reference[3]
+    if reference[2] == "output":
+        return _output(step_id, outcome.result, key)
     if key not in outcome.result:
         raise TemplateError(
             f"step '{step_id}' result has no key '{key}'; it has: {_names(outcome.result)}")
     return outcome.result[key]
+
+
+def _output(step_id: str, result: Mapping[str, str], key: str) -> str:
+    try:
+        output = json.loads(result.get(OUTPUT_KEY, ""))
+    except (ValueError, RecursionError):
+        output = None
+    if not isinstance(output, dict):
+        raise TemplateError(f"step '{step_id}' has no structured output (no __DSPY_RESULT__ "
+                            "line with a JSON object on its stdout)")
+    if key not in output:
+        raise TemplateError(f"step '{step_id}' output has no key '{key}'; it has: "
+                            f"{', '.join(sorted(output)) or '(nothing)'}")
+    value = output[key]
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _names(mapping: Mapping[str, str]) -> str:
