@@ -61,6 +61,7 @@ def availability(message: pb.ResourceAvailabilityResponse) -> models.ResourceAva
                                   utilization_percent=gpu.utilization_percent)
                        for gpu in hardware.gpus),
         ),
+        workload_contracts=dict(message.workload_contracts),
     )
 
 

@@ -163,7 +163,7 @@ class EnvManagerClient(ServiceClient):
 
     async def execute_task(self, task_id: str, workload_class: str,
                            payload: Mapping[str, object], *, timeout_seconds: int = 0,
-                           timeout: float | None = None) -> TaskExecution:
+                           timeout: float | None = None, attempt: int = 0) -> TaskExecution:
         """Run one task in a fresh container of `workload_class` and return its result.
 
         Args:
@@ -172,6 +172,8 @@ class EnvManagerClient(ServiceClient):
             payload: ``command`` (a list, or a shell string), ``image``, ``env`` (a dict),
                 ``stdin``, ``workdir``. Strings are sent as they are, other values as JSON.
             timeout_seconds: the task's time limit; 0 means the class's default.
+            attempt: the caller's attempt number (AGENT_INFRA_ATTEMPT of handler and
+                execution tasks); 0 when it keeps none. Not part of the request's identity.
             timeout: call deadline (default: timeout_seconds, or ``deadlines.task`` when 0,
                 plus ``deadlines.task_margin``).
 
@@ -181,7 +183,7 @@ class EnvManagerClient(ServiceClient):
         """
         request = pb.ExecuteTaskRequest(task_id=task_id, workload_class=workload_class,
                                         payload=encode_payload(payload),
-                                        timeout_seconds=timeout_seconds)
+                                        timeout_seconds=timeout_seconds, attempt=attempt)
         deadlines = self._config.deadlines
         deadline = _or_default(timeout, (timeout_seconds if timeout_seconds > 0 else deadlines.task)
                                + deadlines.task_margin)

@@ -123,6 +123,9 @@ class ResourceAvailability:
     #: Tasks of this class running now.
     in_use: int
     hardware: HardwareInfo
+    #: Every workload class of the endpoint -> what a payload may hold for it (JSON text:
+    #: handler, default_image, allowed_images, mounts, max_timeout_seconds, enabled).
+    workload_contracts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

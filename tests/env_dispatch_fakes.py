@@ -46,7 +46,7 @@ class FakeEnvManager(EnvManagerClient):
 
     async def execute_task(self, task_id: str, workload_class: str,
                            payload: Mapping[str, object], *, timeout_seconds: int = 0,
-                           timeout: float | None = None) -> TaskExecution:
+                           timeout: float | None = None, attempt: int = 0) -> TaskExecution:
         self.executed.append(task_id)
         self.called.set()
         step = self.script.pop(0)

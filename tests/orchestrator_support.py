@@ -53,6 +53,7 @@ class Workload:
     """One env-manager workload class running the test image, with the test's /io mounted."""
 
     concurrency: int = 4
+    extra_toml: str = ""  # more lines of the class's table (e.g. a handler)
 
 
 def env_manager_toml(stack: str, io_dir: Path, workloads: Mapping[str, Workload]) -> str:
@@ -60,7 +61,8 @@ def env_manager_toml(stack: str, io_dir: Path, workloads: Mapping[str, Workload]
     for name, workload in workloads.items():
         text += (f'[workload_classes.{name}]\nimage = "{TEST_IMAGE}"\n'
                  f"concurrency = {workload.concurrency}\n"
-                 f'mounts = ["{io_dir}:{IO_MOUNT}:rw"]\n')  # mounts are read-only unless rw
+                 f'mounts = ["{io_dir}:{IO_MOUNT}:rw"]\n'  # mounts are read-only unless rw
+                 f"{workload.extra_toml}")
     return text
 
 

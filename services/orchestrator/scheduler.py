@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
+import math
 import random
 import time
 import uuid
@@ -134,6 +136,11 @@ class Scheduler:
     async def submit(self, request: TaskRequest, *, run_id: str = "", step_id: str = ""
                      ) -> tuple[Task, bool]:
         request = self._validated(request)
+        # The class's payload contract, as its executor knows it (executors/contracts.py):
+        # an optional hook, so executors without contracts need not define it.
+        check = getattr(self._executor, "check_payload", None)
+        if check is not None:
+            await check(request.task_class, request.payload)
         queue = self._queues[request.task_class]
         self._seq += 1
         seq = self._seq
@@ -278,7 +285,7 @@ class Scheduler:
         self._metrics.started(task.task_class, waited)
         self._notify(task)
         execution = Execution(task.execution_id, task.task_class, _dispatch_payload(payload),
-                              self._timeout(task, payload))
+                              self._timeout(task, payload), attempt)
         max_attempts = self._max_attempts(task, payload)
         retry_on_failure = truthy(payload.get("retry_on_failure", ""))
         del payload  # held by the execution while it runs, then nowhere
@@ -326,8 +333,9 @@ class Scheduler:
         self._notify(task)
 
     def _timeout(self, task: Task, payload: Mapping[str, str]) -> int:
+        default = int(self._queues[task.task_class].settings.default_timeout)
         return _task_setting(payload, task.timeout_seconds, "timeout_seconds",
-                             int(self._queues[task.task_class].settings.default_timeout))
+                             _execution_timeout(payload) or default)
 
     def _max_attempts(self, task: Task, payload: Mapping[str, str]) -> int:
         return _task_setting(payload, task.max_attempts, "max_attempts",
@@ -355,6 +363,20 @@ def _task_setting(payload: Mapping[str, str], requested: int, control_key: str,
     except ValueError:
         return class_default
     return value
+
+
+def _execution_timeout(payload: Mapping[str, str]) -> int:
+    """An `execution` section's timeout_seconds (the original runner's payload), else 0."""
+    text = payload.get("execution")
+    if not text:
+        return 0
+    try:
+        value = json.loads(text).get("timeout_seconds")
+    except (ValueError, RecursionError, AttributeError):
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return 0
+    return min(math.ceil(value), INT32[1])
 
 
 def _dispatch_payload(payload: Mapping[str, str]) -> dict[str, str]:

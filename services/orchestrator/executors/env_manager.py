@@ -37,7 +37,7 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent_infra.client import ConnectionConfig, EnvManagerClient
@@ -47,6 +47,7 @@ from agent_infra.runtime.logs import get_logger
 
 from ..model import DEFAULT_CLASS
 from ..settings import EnvManagerEndpoint
+from .contracts import ContractCache
 from .protocol import Execution, ExecutionOutcome, TransientFailure, wait_until_reachable
 
 log = get_logger("dispatch")
@@ -88,6 +89,15 @@ class EnvManagerExecutor:
         # entries least recently dispatched first.
         self._dispatched: OrderedDict[str, _Dispatched] = OrderedDict()
         self._record_limit = record_limit
+        self.contracts = ContractCache(self._clients)
+
+    async def check_payload(self, task_class: str, payload: Mapping[str, str]) -> None:
+        """InvalidArgument for a payload every endpoint's contract refuses (contracts.py)."""
+        if self.supports(task_class):
+            return
+        self.contracts.start()
+        await self.contracts.ready(PROBE_TIMEOUT)
+        self.contracts.check(task_class, payload)
 
     def supports(self, task_class: str) -> str:
         return self._unsupported.get(task_class, "")
@@ -102,7 +112,7 @@ class EnvManagerExecutor:
         try:
             answer = await client.execute_task(
                 execution.execution_id, execution.task_class, execution.payload,
-                timeout_seconds=execution.timeout_seconds)
+                timeout_seconds=execution.timeout_seconds, attempt=execution.attempt)
         except (InfraUnavailable, DeadlineExceeded) as exc:
             # The call may have got through and the container may run: the endpoint stays
             # recorded (and so it does when the call is cancelled), for cancel() and as where
@@ -151,6 +161,7 @@ class EnvManagerExecutor:
             return NO_ANSWER
         except InfraError:
             return 0
+        self.contracts.update(index, found.workload_contracts)
         return max(found.capacity - found.in_use, 0) if found.available else 0
 
     def _record(self, execution_id: str, index: int) -> None:
@@ -220,4 +231,5 @@ class EnvManagerExecutor:
         return {f"env-manager {c.address}": s for c, s in zip(self._clients, states, strict=True)}
 
     async def close(self) -> None:
+        await self.contracts.close()
         await asyncio.gather(*(client.close() for client in self._clients))

@@ -22,6 +22,7 @@ class Execution:
     task_class: str
     payload: Mapping[str, str]
     timeout_seconds: int
+    attempt: int = 0  # the scheduler's attempt number, 1 first (0: not known)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class TransientFailure(Exception):
 
 
 class Executor(Protocol):
+    """Optionally also `async check_payload(task_class, payload)`: raise InvalidArgument at
+    submit for a payload the backend is known to refuse (the scheduler calls it when present)."""
+
     def supports(self, task_class: str) -> str:
         """'' when tasks of the class can run here, else why not."""
 

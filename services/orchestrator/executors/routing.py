@@ -41,6 +41,11 @@ class RoutingExecutor:
     def supports(self, task_class: str) -> str:
         return self.owner(task_class).supports(task_class)
 
+    async def check_payload(self, task_class: str, payload: Mapping[str, str]) -> None:
+        check = getattr(self.owner(task_class), "check_payload", None)
+        if check is not None:
+            await check(task_class, payload)
+
     async def execute(self, execution: Execution) -> ExecutionOutcome:
         return await self.owner(execution.task_class).execute(execution)
 
