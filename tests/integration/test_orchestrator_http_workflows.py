@@ -64,6 +64,7 @@ async def wait_run(stack: Stack, run_id: str, timeout: float = 120) -> dict[str,
             code, run = await call(stack, "GET", f"/workflow-runs/{run_id}")
             assert code == 200, run
             if run["status"] in ("succeeded", "failed", "cancelled"):
+                assert isinstance(run, dict)
                 return run
             await asyncio.sleep(0.2)
 
