@@ -104,6 +104,7 @@ class Orchestrator:
                                queue_size=settings.limits.subscriber_buffer)
         self.workflows = WorkflowEngine(store, self.scheduler, set(settings.classes))
         self.workflows.training_command = tuple(settings.slurm.training_command)
+        self.workflows.payload_check = getattr(executor, "check_payload", None)
         self._background: list[asyncio.Task[None]] = []
         self._result_streams: set[_ResultBuffer] = set()
 

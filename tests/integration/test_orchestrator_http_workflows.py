@@ -292,3 +292,20 @@ async def test_a_training_node_without_a_command_is_refused_without_training_com
     assert code == 400 and "training_command" in answer["error"], answer
 
 
+
+
+async def test_a_signature_node_in_a_class_without_handler_is_refused(tmp_path: Path) -> None:
+    document = {"name": "no handler", "nodes": [
+        {"id": "ask", "type": "signature", "signature": {"prompt": "q -> a"}}]}
+    async with orchestrator_stack(tmp_path) as stack:
+        # The class's contract is learnt from env-manager soon after start; until then a
+        # submit (and so a create) is accepted.
+        async with asyncio.timeout(60):
+            while True:
+                code, answer = await stack.http("POST", "/workflows",
+                                                body={**document, "id": new_id("nohandler")})
+                if code != 201:
+                    break
+                await asyncio.sleep(0.5)
+        assert code == 400, answer
+        assert "node 'ask' (signature)" in answer["error"] and "handler" in answer["error"]

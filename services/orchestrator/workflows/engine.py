@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import secrets
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 
 from agent_infra.runtime.errors import DomainError, InvalidArgument
 from agent_infra.runtime.logs import get_logger
@@ -39,6 +39,8 @@ class WorkflowEngine:
         self._pending: set[asyncio.Task[None]] = set()
         # What a training node without a command runs on Slurm ([slurm] training_command).
         self.training_command: tuple[str, ...] = ()
+        # The executor's payload contract check (executors/contracts.py), when it has one.
+        self.payload_check: Callable[[str, Mapping[str, str]], Awaitable[None]] | None = None
         scheduler.listeners.append(self._on_task)
 
     async def start(self) -> None:
@@ -101,6 +103,7 @@ class WorkflowEngine:
         if parsed.graph is not None and not name.strip():
             raise InvalidArgument("name is required")
         self._check_runnable(parsed)
+        await self._check_payloads(workflow_id, parsed)
         if must_exist:
             await repository.get_workflow(self._store, workflow_id)
         version, created = await repository.create_workflow(
@@ -113,6 +116,25 @@ class WorkflowEngine:
             if (step.kind == "training" and not step.config_object.get("command")
                     and not self.training_command):
                 raise InvalidArgument(nodes.training_command_missing(step.id))
+
+    async def _check_payloads(self, workflow_id: str, spec: WorkflowSpec) -> None:
+        """A typed node's task payload that its class is known to refuse (a signature node in
+        a class without a handler, say) is refused now, naming the node, not at run time."""
+        if self.payload_check is None:
+            return
+        for step in spec.steps:
+            if step.kind == "task" or not step.runs_task:
+                continue
+            if step.kind == "training" and not (step.config_object.get("command")
+                                                or self.training_command):
+                continue
+            sample = nodes.payload(step, workflow_id=workflow_id, run_id="run-check",
+                                   run_input={}, workflow_context={},
+                                   training_command=self.training_command)
+            try:
+                await self.payload_check(step.task_class, sample)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"node '{step.id}' ({step.kind}): {exc}") from None
 
     async def get(self, workflow_id: str, version: int | None = None) -> Workflow:
         return await repository.get_workflow(self._store, workflow_id, version)
