@@ -6,6 +6,11 @@ Two shapes are accepted, and mean the same thing:
                 "retries": 2, "timeout_seconds": 60, "priority": 0}, ...]}
     {"nodes": [{"id": "a", ...the same fields...}], "edges": [{"from": "a", "to": "b"}]}
 
+The original composer's typed graph (nodes with a `type` and its config, edges with
+`source`/`target`) is a third shape of the same model: see typed.py, and nodes.py for what each
+node type runs. `parse_document` also takes a whole workflow document (id, name, description,
+created_at, updated_at beside the spec) and returns that header apart.
+
 An edge from a to b means b depends on a. Only `id` is required. `class` defaults to cpu_short;
 `payload` (an object; values may be any JSON, templates allowed: see templating.py) to {};
 `retries` (0-100) and `timeout_seconds` (0-604800) left out, or a timeout of 0, mean the class's
