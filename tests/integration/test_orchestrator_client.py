@@ -240,8 +240,10 @@ async def test_workflows(tmp_path: Path, docker: aiodocker.Docker) -> None:
         repeat = await client.start_workflow_run("wf-hello", idempotency_key=run.idempotency_key,
                                                  input={"msg": "hello", "n": 5})
         assert (repeat.run_id, repeat.created) == (run.run_id, False)
-        with pytest.raises(AlreadyExists, match=run.idempotency_key):
-            await client.start_workflow_run("wf-other", idempotency_key=run.idempotency_key)
+        # Keys are scoped to their workflow (as in the original): another workflow's run.
+        other_run = await client.start_workflow_run("wf-other",
+                                                     idempotency_key=run.idempotency_key)
+        assert other_run.created and other_run.run_id != run.run_id
 
         updates = await collect(client.stream_workflow_status(run.run_id))
         assert all(isinstance(u, WorkflowStatus) for u in updates)
