@@ -7,7 +7,7 @@
 #                                       requirements.txt, the runtime ones
 #   wheelhouse/project/                 this project's wheel
 # The dependencies go in first, in their own layer: a change of our code alone reuses it.
-# Run it with docker-compose.yml (`docker-compose up -d --wait`).
+# Run it with docker-compose.yml (`docker-compose up -d --wait`), configured by deploy/compose/.
 
 FROM local/debian-python:bookworm AS install
 # scripts/build_image.sh tags this stage (the cache of the dependency layer) and removes the
