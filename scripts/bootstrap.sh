@@ -164,16 +164,13 @@ ensure_docker() {
     if ! command -v docker-registry >/dev/null 2>&1; then
         pkgs+=(docker-registry)
     fi
-    # debootstrap makes the Debian base images (scripts/build_image.sh: the compose image;
-    # the systemd test image), as no image registry is reachable.
-    if ! command -v debootstrap >/dev/null 2>&1; then
-        pkgs+=(debootstrap)
-    fi
     # systemd-analyze checks the units in deploy/systemd (systemd need not be PID 1).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
     fi
-    # debootstrap builds the systemd-as-PID-1 image of tests/integration/test_systemd_deploy.py.
+    # debootstrap makes the Debian base images, as no image registry is reachable:
+    # scripts/build_image.sh's (the compose image) and the systemd-as-PID-1 image of
+    # tests/integration/test_systemd_deploy.py.
     if ! command -v debootstrap >/dev/null 2>&1 && [[ ! -x /usr/sbin/debootstrap ]]; then
         pkgs+=(debootstrap)
     fi
