@@ -16,8 +16,9 @@
 # there is skipped. The base image's inputs are the suite, variant and package list (the recipe
 # below); the daemon image's are the Dockerfile, pyproject.toml, README.md, every file under
 # services/ and client/, the base image's id and the host's Python version. A second run with
-# nothing changed takes a few seconds. Dependencies are resolved from PyPI when the image is
-# (re)built; --rebuild takes newer releases without a change of ours.
+# nothing changed takes under a second. Dependencies are resolved from PyPI once per dependency
+# list (scripts/wheelhouse.py, under .state/wheelhouse/); to take newer releases without a
+# change of ours, remove .state/wheelhouse/ and run with --rebuild.
 #
 # The Debian mirror is never written here: --mirror URL (or DEBIAN_MIRROR) when given, else the
 # one this host's apt is configured with (`apt-get indextargets`, i.e. /etc/apt/sources.list and
@@ -47,7 +48,7 @@ BASE_RECIPE_VERSION=2
 SOURCES=(Dockerfile pyproject.toml README.md services client)
 start=$SECONDS
 
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 step() { printf '==> [%3ds] %s\n' "$((SECONDS - start))" "$*" >&2; }
 die() {
     printf 'build_image: error: %s\n' "$*" >&2
