@@ -48,7 +48,7 @@ BASE_RECIPE_VERSION=2
 SOURCES=(Dockerfile pyproject.toml README.md services client)
 start=$SECONDS
 
-usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 step() { printf '==> [%3ds] %s\n' "$((SECONDS - start))" "$*" >&2; }
 die() {
     printf 'build_image: error: %s\n' "$*" >&2
