@@ -125,8 +125,8 @@ async def test_a_domain_payload_goes_to_the_class_handler(harness: Harness) -> N
 
 async def test_a_domain_payload_without_a_handler_is_invalid_argument(harness: Harness) -> None:
     runner = await harness.runner()
-    with pytest.raises(InvalidArgument, match=r"'data' but neither `execution` nor `command`.*"
-                                              r"expected keys: `execution`"):
+    with pytest.raises(InvalidArgument, match=r"unknown key\(s\) 'data' \(neither `execution` "
+                                              r"nor `command`.*expected keys: `execution`"):
         await runner.execute(task_id(), CLASS, as_grpc(fixtures()["docs_data"]), 0)
     # Our own form still runs as before, an empty payload too (the image's own CMD).
     outcome = await runner.execute(task_id(), CLASS, {"command": "echo ours"}, 0)

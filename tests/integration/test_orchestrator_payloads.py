@@ -108,7 +108,7 @@ async def test_a_payload_with_neither_is_invalid_argument_at_submit(stack: Stack
     task_id = new_id("neither")
     error = await rpc_error(submit(stack, task_id, as_grpc(fixtures()["docs_data"])))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "neither `execution` nor `command`" in (error.details() or "")
+    assert "unknown key(s) 'data' (neither `execution` nor `command`" in (error.details() or "")
     assert "expected keys" in (error.details() or "")
     status, answer = await stack.http("POST", "/queue/submit", body={
         "id": new_id("neither-http"), "payload": fixtures()["domain"]})

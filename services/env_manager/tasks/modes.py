@@ -79,11 +79,11 @@ def payload_form(payload: Mapping[str, str], workload: WorkloadClass,
         return "command"  # the image's own CMD runs
     unknown = sorted(set(payload) - set(PAYLOAD_KEYS))
     raise InvalidArgument(
-        f"payload has key(s) {', '.join(repr(k[:80]) for k in unknown[:10])} but neither "
+        f"payload has unknown key(s) {', '.join(repr(k[:80]) for k in unknown[:10])} (neither "
         f"`execution` nor `command`, and workload_class {workload_class!r} has no handler for "
         "such payloads; expected keys: `execution` (a JSON object: image, command, env, "
         "timeout_seconds, container_workdir, resources, mounts) with optional workflow_id, "
-        f"tenant, artifacts; or {', '.join(PAYLOAD_KEYS)}")
+        f"tenant, artifacts; or {', '.join(PAYLOAD_KEYS)})")
 
 
 def decode(text: str, what: str) -> Any:

@@ -124,11 +124,11 @@ def check_payload(task_class: str, contract: Mapping[str, Any],
         return
     unknown = sorted(keys - OUR_KEYS)
     raise InvalidArgument(
-        f"payload has key(s) {', '.join(repr(k[:80]) for k in unknown[:10])} but neither "
+        f"payload has unknown key(s) {', '.join(repr(k[:80]) for k in unknown[:10])} (neither "
         f"`execution` nor `command`, and workload_class {task_class!r} has no handler for such "
         "payloads; expected keys: `execution` (a JSON object: image, command, env, "
         "timeout_seconds, container_workdir, resources, mounts) with optional workflow_id, "
-        f"tenant, artifacts; or {', '.join(sorted(OUR_KEYS))}")
+        f"tenant, artifacts; or {', '.join(sorted(OUR_KEYS))})")
 
 
 def _check_execution(task_class: str, contract: Mapping[str, Any], text: str) -> None:
