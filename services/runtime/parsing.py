@@ -124,3 +124,18 @@ def load_json(text: str | bytes, what: str, *, max_depth: int = MAX_JSON_DEPTH,
             f"{what} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise ValueError(f"{what} is nested too deeply") from None
+
+
+def json_type_name(value: object) -> str:
+    """The JSON type of a decoded value with its article, for messages: "got an array"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

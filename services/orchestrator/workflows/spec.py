@@ -32,7 +32,7 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from agent_infra.runtime.errors import InvalidArgument, ResourceExhausted
-from agent_infra.runtime.parsing import load_json
+from agent_infra.runtime.parsing import json_type_name, load_json
 
 from ..model import DEFAULT_CLASS
 from . import templating, typed
@@ -207,7 +207,7 @@ def parse_document(data: bytes | str, known_classes: Collection[str] | None,
     if not isinstance(document, dict):
         raise InvalidArgument(
             f"spec must be a JSON object with \"steps\" (or \"nodes\" and \"edges\"), "
-            f"got {_json_type(document)}")
+            f"got {json_type_name(document)}")
     header, rest = typed.split_header(document)
     return header, _parse_object(rest, known_classes, default_class)
 
@@ -219,7 +219,7 @@ def parse_spec(data: bytes | str, known_classes: Collection[str] | None,
     if not isinstance(document, dict):
         raise InvalidArgument(
             f"spec must be a JSON object with \"steps\" (or \"nodes\" and \"edges\"), "
-            f"got {_json_type(document)}")
+            f"got {json_type_name(document)}")
     return _parse_object(document, known_classes, default_class)
 
 
@@ -296,20 +296,6 @@ def _no_constants(name: str) -> Any:
     raise InvalidArgument(f"spec uses {name}, which is not valid JSON")
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _shape(document: dict[str, Any]) -> tuple[list[Any], list[tuple[str, str]], str]:
     """The step objects, the edges (parent, child) and the key the steps came under."""
     if "steps" in document and ("nodes" in document or "edges" in document):
@@ -325,7 +311,7 @@ def _shape(document: dict[str, Any]) -> tuple[list[Any], list[tuple[str, str]], 
     if raw_steps is None:
         raise InvalidArgument(f"spec has no \"{where}\": give a list of steps")
     if not isinstance(raw_steps, list):
-        raise InvalidArgument(f"\"{where}\" must be a list, got {_json_type(raw_steps)}")
+        raise InvalidArgument(f"\"{where}\" must be a list, got {json_type_name(raw_steps)}")
     if not raw_steps:
         raise InvalidArgument(f"\"{where}\" is empty: a workflow needs at least one step")
     if len(raw_steps) > MAX_STEPS:
@@ -335,7 +321,7 @@ def _shape(document: dict[str, Any]) -> tuple[list[Any], list[tuple[str, str]], 
 
 def _parse_edges(raw: Any) -> list[tuple[str, str]]:
     if not isinstance(raw, list):
-        raise InvalidArgument(f"\"edges\" must be a list, got {_json_type(raw)}")
+        raise InvalidArgument(f"\"edges\" must be a list, got {json_type_name(raw)}")
     edges: list[tuple[str, str]] = []
     for index, edge in enumerate(raw):
         where = f"edges[{index}]"
@@ -358,7 +344,7 @@ def _parse_edges(raw: Any) -> list[tuple[str, str]]:
 def _parse_step(raw: Any, where: str, known_classes: Collection[str] | None,
                 default_class: str) -> StepSpec:
     if not isinstance(raw, dict):
-        raise InvalidArgument(f"{where} must be an object, got {_json_type(raw)}")
+        raise InvalidArgument(f"{where} must be an object, got {json_type_name(raw)}")
     step_id = raw.get("id")
     if not isinstance(step_id, str) or not STEP_ID_PATTERN.fullmatch(step_id):
         shown = "missing" if step_id is None else repr(step_id)[:80]
@@ -372,7 +358,7 @@ def _parse_step(raw: Any, where: str, known_classes: Collection[str] | None,
             f"(allowed: {', '.join(sorted(STEP_KEYS))})")
     task_class = raw.get("class", default_class)
     if not isinstance(task_class, str):
-        raise InvalidArgument(f"{where}: class must be a string, got {_json_type(task_class)}")
+        raise InvalidArgument(f"{where}: class must be a string, got {json_type_name(task_class)}")
     if known_classes is not None and task_class not in known_classes:
         raise InvalidArgument(
             f"{where}: unknown class '{task_class}'; known classes: "
@@ -408,7 +394,7 @@ def _parse_depends_on(raw: Any, where: str) -> tuple[str, ...]:
 
 def _parse_payload(raw: Any, where: str) -> tuple[dict[str, str], frozenset[str]]:
     if not isinstance(raw, dict):
-        raise InvalidArgument(f"{where}: payload must be an object, got {_json_type(raw)}")
+        raise InvalidArgument(f"{where}: payload must be an object, got {json_type_name(raw)}")
     payload: dict[str, str] = {}
     json_keys: set[str] = set()
     for key, value in raw.items():

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_infra.runtime.errors import InvalidArgument
+from agent_infra.runtime.parsing import json_type_name
 
 from . import templating
 
@@ -105,7 +106,7 @@ def split_header(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     spec = {key: value for key, value in document.items() if key not in HEADER_KEYS}
     for key in ("id", "name", "description"):
         if key in header and not isinstance(header[key], str):
-            raise InvalidArgument(f"{key} must be a string, got {_type(header[key])}")
+            raise InvalidArgument(f"{key} must be a string, got {json_type_name(header[key])}")
     return header, spec
 
 
@@ -134,7 +135,7 @@ def parse(document: dict[str, Any], known_classes: Collection[str] | None,
         raise InvalidArgument("nodes must be a non-empty list: a workflow needs at least one node")
     raw_edges = document.get("edges", [])
     if not isinstance(raw_edges, list):
-        raise InvalidArgument(f"edges must be a list, got {_type(raw_edges)}")
+        raise InvalidArgument(f"edges must be a list, got {json_type_name(raw_edges)}")
     parents = _parse_edges(raw_edges, raw_nodes)
     nodes: list[Node] = []
     for index, raw in enumerate(raw_nodes):
@@ -152,7 +153,7 @@ def _check_meta(document: Mapping[str, Any]) -> None:
     for key in ("tenant", "version"):
         value = document.get(key, "")
         if value is not None and not isinstance(value, str):
-            raise InvalidArgument(f"{key} must be a string, got {_type(value)}")
+            raise InvalidArgument(f"{key} must be a string, got {json_type_name(value)}")
 
 
 def _parse_edges(raw_edges: list[Any], raw_nodes: list[Any]) -> dict[str, set[str]]:
@@ -199,7 +200,7 @@ def _parse_node(raw: Any, index: int, parents: Mapping[str, set[str]],
                 known_classes: Collection[str] | None) -> Node:
     where = f"nodes[{index}]"
     if not isinstance(raw, dict):
-        raise InvalidArgument(f"{where} must be an object, got {_type(raw)}")
+        raise InvalidArgument(f"{where} must be an object, got {json_type_name(raw)}")
     node_id = raw.get("id")
     if not isinstance(node_id, str) or not node_id:
         raise InvalidArgument(f"{where}.id is required: a non-empty string")
@@ -225,7 +226,8 @@ def _parse_node(raw: Any, index: int, parents: Mapping[str, set[str]],
     if config is None:
         config = {}
     if not isinstance(config, dict):
-        raise InvalidArgument(f"{where}.{node_type} must be an object, got {_type(config)}")
+        raise InvalidArgument(
+            f"{where}.{node_type} must be an object, got {json_type_name(config)}")
     _check_config(config, node_type, f"{where}.{node_type}")
     task_class = step_class(node_type, config)
     if task_class and known_classes is not None and task_class not in known_classes:
@@ -250,7 +252,8 @@ def _check_config(config: Mapping[str, Any], node_type: str, where: str) -> None
                 raise InvalidArgument(f"{where}.{name} is required")
             continue
         if not _is(value, kind):
-            raise InvalidArgument(f"{where}.{name} must be {_KIND_TEXT[kind]}, got {_type(value)}")
+            raise InvalidArgument(
+                f"{where}.{name} must be {_KIND_TEXT[kind]}, got {json_type_name(value)}")
     if node_type == "verifier":
         weight = config.get("weight")
         if isinstance(weight, int | float) and weight < 0:
@@ -282,15 +285,3 @@ def _is(value: Any, kind: str) -> bool:
             and all(isinstance(item, str) for item in value))
 
 
-def _type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
