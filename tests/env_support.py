@@ -44,10 +44,14 @@ def stack_name() -> str:
 
 
 def config_text(stack: str, services: str, *, health_timeout: str = "30s",
-                max_concurrent: int = 8) -> str:
+                max_concurrent: int = 8, pullable: Sequence[str] = ()) -> str:
+    """`pullable`: more images cpu_short allows, so PullImages takes them (it takes only
+    images the registry or a class names)."""
+    allowed = ", ".join(f'"{image}"' for image in (TEST_IMAGE, *pullable))
     return (f'[stack]\nname = "{stack}"\nmax_concurrent = {max_concurrent}\n'
             f'health_timeout = "{health_timeout}"\n'
             f'[workload_classes.cpu_short]\nimage = "{TEST_IMAGE}"\nconcurrency = 2\n'
+            f"allowed_images = [{allowed}]\n"
             f"{services}")
 
 

@@ -152,6 +152,10 @@ class Stack:
         return run_cli(*self.args(), *args, **kwargs)
 
 
+# A class allows it (PullImages takes only configured images); no registry has it.
+MISSING_IMAGE = "registry.invalid/agent-infra/nope:cli"
+
+
 def stack_services(beta_port: int) -> str:
     """alpha (exec check) <- beta (http check, a published port)."""
     return (busybox_service("alpha", "echo alpha-says-hello; " + _ready(), extra=EXEC_READY)
@@ -174,7 +178,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     name = stack_name()
     beta_port = free_port()
     config = workdir / "stack.toml"
-    config.write_text(config_text(name, stack_services(beta_port)))
+    config.write_text(config_text(name, stack_services(beta_port), pullable=[MISSING_IMAGE]))
     try:
         async with running_daemon(
                 "env-manager", workdir,
@@ -374,7 +378,7 @@ def test_services_start_shows_live_progress_on_a_terminal(stack: Stack) -> None:
 
 
 def test_pull_reports_each_image_and_fails_without_a_registry(stack: Stack) -> None:
-    image = f"registry.invalid/agent-infra/nope:{uuid.uuid4().hex[:6]}"
+    image = MISSING_IMAGE
     result = stack.cli("pull", image, "--json")
     assert result.code == 1, str(result)
     items = result.json_lines()
