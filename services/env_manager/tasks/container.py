@@ -29,6 +29,7 @@ from ..docker.containers import MissingImage, docker_timestamp
 from ..docker.engine import DockerEngine
 from ..docker.logs import Stream, follow_output
 from .output import StreamCapture
+from .outputs import collect
 from .payload import TaskSpec
 from .workloads import MIB, WorkloadClass, parse_mount
 
@@ -42,6 +43,9 @@ REQUEST_LABEL = f"{labels.PREFIX}.task-request"
 # What the result echoes besides the run's output (warnings, workflow_id, tenant), as JSON, so
 # that a run adopted by a later process reports it too.
 EXTRAS_LABEL = f"{labels.PREFIX}.task-extras"
+# The JSON output artifacts to read back after the exit ([[name, path], ...]; tasks/outputs.py),
+# so that a run adopted by a later process reads them too.
+OUTPUTS_LABEL = f"{labels.PREFIX}.task-outputs"
 # Output still in flight when the process has exited; past this the stream is abandoned.
 DRAIN_GRACE_S = 5.0
 # A killed container is gone within moments; this only guards against a wedged engine.
@@ -68,6 +72,7 @@ class RunRecord:
     timeout_capped: bool
     request_key: str
     extras: tuple[tuple[str, str], ...] = ()
+    outputs_summary: str | None = None  # tasks/outputs.py; None: no JSON outputs declared
 
 
 def container_name(stack: str, task_id: str) -> str:
@@ -123,6 +128,7 @@ def container_config(spec: TaskSpec, workload: WorkloadClass, stack: str,
             TIMEOUT_CAPPED_LABEL: str(spec.timeout_capped).lower(),
             REQUEST_LABEL: spec.request_key,
             EXTRAS_LABEL: json.dumps(dict(spec.extras)),
+            **({OUTPUTS_LABEL: json.dumps(spec.outputs)} if spec.outputs else {}),
         },
         "Tty": False,
         "AttachStdout": True,
@@ -176,9 +182,9 @@ async def run_attached(engine: DockerEngine, container_id: str, spec: TaskSpec,
     output = Attachment(engine, container_id, stdin=False)
     inlet = Attachment(engine, container_id, stdin=True) if spec.stdin is not None else None
     try:
-        if spec.files:
+        if spec.files or spec.dirs:
             await containers.put_archive(engine, container_id, "/",
-                                         _tar(spec.files, spec.file_owner))
+                                         _tar(spec.files, spec.file_owner, spec.dirs))
         for attachment in (output, inlet):
             if attachment is not None:
                 await attachment.open()
@@ -202,9 +208,10 @@ async def run_attached(engine: DockerEngine, container_id: str, spec: TaskSpec,
         if inlet is not None:
             await inlet.close()
         await output.close()
+    summary = await collect(engine, container_id, spec.outputs)
     return RunRecord(container_id, spec.workload_class, spec.image, exit_code, stdout, stderr,
                      started_at, finished_at, timed_out, spec.timeout, spec.timeout_capped,
-                     spec.request_key, spec.extras)
+                     spec.request_key, spec.extras, summary)
 
 
 async def follow_existing(engine: DockerEngine, info: dict[str, Any],
@@ -226,12 +233,13 @@ async def follow_existing(engine: DockerEngine, info: dict[str, Any],
     finally:
         await _cancel(helpers)
     finished_at = docker_timestamp(state.get("FinishedAt")) if not state.get("Running") else None
+    summary = await collect(engine, container_id, _outputs(config_labels.get(OUTPUTS_LABEL, "")))
     return RunRecord(container_id, config_labels.get(labels.WORKLOAD_CLASS, ""),
                      info["Config"].get("Image", ""), exit_code, stdout, stderr,
                      started_at, finished_at or exited_at, timed_out, timeout,
                      config_labels.get(TIMEOUT_CAPPED_LABEL) == "true",
                      config_labels.get(REQUEST_LABEL, ""),
-                     _extras(config_labels.get(EXTRAS_LABEL, "")))
+                     _extras(config_labels.get(EXTRAS_LABEL, "")), summary)
 
 
 async def _pump(output: Attachment, stdout: StreamCapture, stderr: StreamCapture) -> None:
@@ -287,11 +295,18 @@ def _seconds(text: str | None) -> float:
         return 0.0
 
 
-def _tar(files: tuple[tuple[str, bytes], ...], owner: tuple[int, int]) -> bytes:
-    """A tar of `files` (absolute paths), read-only to their owner and everyone; missing parent
-    directories are made by the engine."""
+def _tar(files: tuple[tuple[str, bytes], ...], owner: tuple[int, int],
+         dirs: tuple[str, ...] = ()) -> bytes:
+    """A tar of `files` (absolute paths), read-only to their owner and everyone, and of `dirs`,
+    private to the owner; missing parent directories are made by the engine."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path in dirs:
+            info = tarfile.TarInfo(path.strip("/"))
+            info.type, info.mode = tarfile.DIRTYPE, 0o700
+            info.uid, info.gid = owner
+            info.mtime = int(time.time())
+            archive.addfile(info)
         for path, data in files:
             info = tarfile.TarInfo(path.lstrip("/"))
             info.size, info.mode = len(data), 0o444
@@ -299,6 +314,17 @@ def _tar(files: tuple[tuple[str, bytes], ...], owner: tuple[int, int]) -> bytes:
             info.mtime = int(time.time())
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def _outputs(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        found = json.loads(text) if text else []
+    except ValueError:
+        return ()
+    if not isinstance(found, list):
+        return ()
+    return tuple((str(item[0]), str(item[1])) for item in found
+                 if isinstance(item, list) and len(item) == 2)
 
 
 def _extras(text: str) -> tuple[tuple[str, str], ...]:

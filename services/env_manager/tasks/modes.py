@@ -22,6 +22,12 @@ Which form a payload is (payload_form):
                      read-only grant is refused. Anything else is INVALID_ARGUMENT naming it.
   working_dir        a host path in the original; not honoured (tasks never run on the host):
                      the result's `warnings` says so.
+`artifacts` (beside `execution`): {"outputs": [{"path": "out/metrics.json", "type": "json"}]};
+  outputs of type json or named *.json are read back after the exit when the class has a
+  `results_dir`: each path is relative to it (no `..`, no leading /: INVALID_ARGUMENT), the task
+  runs there unless container_workdir says otherwise (so the original's relative paths land
+  there), and AGENT_INFRA_RESULTS_DIR names it. Without a results_dir, or for other outputs,
+  the result's `warnings` says they were not read. `inputs` are not used.
 Unknown keys in `execution` are ignored and named in `warnings`, as the original ignored them.
 Nothing here loosens the class's hardening: the user, cap_drop ALL, no-new-privileges, the
 network, the pids limit, and memory/CPU/GPUs never above the class's.
@@ -40,6 +46,7 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
+from agent_infra.runtime.artifacts import json_outputs
 from agent_infra.runtime.errors import InvalidArgument
 
 from .payload import (
@@ -123,12 +130,27 @@ def spec_for_execution(task_id: str, workload_class: str, workload: WorkloadClas
     timeout, capped = _timeout(section.get("timeout_seconds"), timeout_seconds, workload)
     nano_cpus, memory, gpus = _resources(section.get("resources"), workload, warnings)
     mounts = _mounts(section.get("mounts"), workload, workload_class)
+    outputs = json_outputs(payload.get("artifacts"))
+    dirs: tuple[str, ...] = ()
+    results_dir = workload.results_dir
+    if results_dir is not None:
+        dirs = (results_dir,)
+        env["AGENT_INFRA_RESULTS_DIR"] = results_dir
+        if workdir is None:
+            workdir = results_dir
+    elif outputs:
+        warnings.append(f"artifacts.outputs not read: workload_class {workload_class!r} grants "
+                        "no results_dir")
+        outputs = ()
     return TaskSpec(
         task_id=task_id, workload_class=workload_class, image=image, command=command,
         env=tuple(env.items()), stdin=None, workdir=parse_workdir(workdir),
         timeout=timeout, timeout_capped=capped,
         request_key=request_key(workload_class, payload, image, caller),
         mode="execution", nano_cpus=nano_cpus, memory=memory, gpus=gpus, mounts=mounts,
+        file_owner=_owner(workload.user), dirs=dirs,
+        outputs=tuple((name, posixpath.join(results_dir, path)) for name, path in outputs
+                      if results_dir is not None),
         extras=_extras(payload, warnings),
     )
 

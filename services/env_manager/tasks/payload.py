@@ -63,6 +63,9 @@ class TaskSpec:
     mounts: tuple[str, ...] = ()  # extra engine binds "src:dst:ro|rw" the class grants
     files: tuple[tuple[str, bytes], ...] = ()  # (absolute path, content) put before the start
     file_owner: tuple[int, int] = (65534, 65534)  # uid, gid of `files`: the class's user
+    dirs: tuple[str, ...] = ()  # absolute paths made (0700, file_owner's) before the start
+    # Declared JSON output artifacts read back after the exit: (file name, absolute path).
+    outputs: tuple[tuple[str, str], ...] = ()
     # Echoed in the result: warnings (what was not honoured), workflow_id, tenant, artifacts.
     extras: tuple[tuple[str, str], ...] = ()
 

@@ -14,7 +14,9 @@ last stdout line `__DSPY_RESULT__: {json}` (only when there is one; found in the
 so a marker beyond tasks.output_limit_bytes is not seen); stdout_tail and stderr_tail (the last
 TAIL_CHARS characters of each, the flat form of the original's logs.stdout_tail/stderr_tail);
 status ("completed" or "failed"); and, when the payload had them, workflow_id, tenant and
-warnings (a JSON list of what the `execution` section asked and was not honoured or was capped).
+warnings (a JSON list of what the `execution` section asked and was not honoured or was capped);
+outputs_summary (tasks/outputs.py), when the payload declared JSON output artifacts and the class
+has a results_dir: at most half the response, the largest entries left out first.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from agent_infra.runtime.errors import AlreadyExists
 
 from .container import RunRecord
 from .output import utf8_prefix
+from .outputs import fit_summary
 from .store import StoredResult
 from .workloads import MIB
 
@@ -83,6 +86,8 @@ def fit_output(result: Mapping[str, str], error: str, budget: int) -> dict[str, 
     either one using what the other does not need."""
     fitted = dict(result)
     streams = ("stdout", "stderr")
+    if "outputs_summary" in fitted:  # at most half the response; the streams share the rest
+        fitted["outputs_summary"] = fit_summary(fitted["outputs_summary"], budget // 2)
     rest = len(error.encode("utf-8", "surrogatepass")) + 64  # success, latency, framing
     for key, value in fitted.items():
         rest += MAP_ENTRY_OVERHEAD + len(key.encode()) + (
@@ -128,6 +133,8 @@ def outcome_of(record: RunRecord) -> Finished:
         "stderr_tail": stderr[-TAIL_CHARS:],
         **dict(record.extras),
     }
+    if record.outputs_summary is not None:
+        result["outputs_summary"] = record.outputs_summary
     structured = runner_output(stdout)
     if structured is not None:
         result["runner_output"] = structured

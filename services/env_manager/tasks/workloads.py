@@ -92,6 +92,10 @@ class WorkloadClass(Section):
     pids_limit: int = Field(DEFAULT_PIDS_LIMIT, ge=1, le=1_000_000)
     # Runs domain payloads (no command, no execution); without one they are INVALID_ARGUMENT.
     handler: Handler | None = None
+    # A container path made fresh for each `execution` task (0700, owned by `user`, in the
+    # container's own filesystem: no host mount); the JSON files its artifacts.outputs name are
+    # copied out of the stopped container into the result's outputs_summary (tasks/outputs.py).
+    results_dir: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -116,6 +120,14 @@ class WorkloadClass(Section):
                              f"default_timeout ({self.default_timeout:g} s)")
         for mount in self.mounts:
             parse_mount(mount)
+        if self.results_dir is not None:
+            target = self.results_dir
+            if (not target.startswith("/") or target == "/" or "\0" in target or ":" in target
+                    or posixpath.normpath(target) != target):
+                raise ValueError(f"results_dir must be an absolute, normalised container path "
+                                 f"other than /; got {target!r:.200}")
+            if any(parse_mount(mount)[1] == target for mount in self.mounts):
+                raise ValueError(f"results_dir {target!r} is also a mount's target")
         if not _USER.fullmatch(self.user):
             raise ValueError(f"user must be a numeric \"uid\" or \"uid:gid\" such as "
                              f"\"{DEFAULT_USER}\"; got {self.user!r:.80}")
@@ -145,6 +157,7 @@ class WorkloadClass(Section):
                        for source, target, mode in map(parse_mount, self.mounts)],
             "max_timeout_seconds": self.max_timeout,
             "enabled": self.concurrency > 0,
+            "results_dir": self.results_dir,
         }
 
     def unprotected_rw_mounts(self) -> list[str]:

@@ -12,8 +12,9 @@ only when every endpoint whose contract for the class is known refuses it. When 
 known (no env-manager has answered yet, or the class is not an env-manager class) the submit is
 accepted, and env-manager's own check at dispatch remains: such a task fails then, with the
 message it would have got at submit. What is checked here: the payload's form (`execution`,
-`command` or our own keys, or a domain payload, which needs a class with a handler), and in an
-`execution` section the image and mounts; env-manager checks the rest at dispatch.
+`command` or our own keys, or a domain payload, which needs a class with a handler), in an
+`execution` section the image and mounts, and the paths of `artifacts.outputs` (relative, no
+`..`: agent_infra.runtime.artifacts); env-manager checks the rest at dispatch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from agent_infra.client import EnvManagerClient
 from agent_infra.client.errors import InfraError
+from agent_infra.runtime.artifacts import json_outputs
 from agent_infra.runtime.errors import InvalidArgument
 from agent_infra.runtime.logs import get_logger
 
@@ -119,6 +121,7 @@ def check_payload(task_class: str, contract: Mapping[str, Any],
                 f"a payload with `execution` takes only {', '.join(sorted(ENVELOPE_KEYS))}; it "
                 f"also has {', '.join(repr(k[:80]) for k in extra[:10])}")
         _check_execution(task_class, contract, payload["execution"])
+        json_outputs(payload.get("artifacts"))  # its paths: relative, no `..`
         return
     if "command" in keys or contract.get("handler") or keys <= OUR_KEYS:
         return
