@@ -3,9 +3,11 @@
 A payload with an `execution` section may carry
 `"artifacts": {"outputs": [{"path": "out/metrics.json", "type": "json"}], "inputs": [...]}`
 (over gRPC `payload["artifacts"]` is its JSON text). An output is read back when its `type` is
-"json" or its path ends in ".json". Every output's `path` must be relative, normalised and free
-of `..` (it names a file under the class's results_dir); anything else is InvalidArgument, both
-at SubmitTask (the orchestrator) and at ExecuteTask (env-manager). `inputs` are not used.
+"json" or its path ends in ".json". The `path` of such an output must be relative, normalised
+and free of `..` (it names a file under the class's results_dir); anything else is
+InvalidArgument, both at SubmitTask (the orchestrator) and at ExecuteTask (env-manager). Other
+outputs are never read, so their paths are not checked (a payload written for the original may
+name any). `inputs` are not used.
 Standard library only: the orchestrator imports this too.
 """
 
@@ -51,10 +53,10 @@ def json_outputs(text: str | None) -> tuple[tuple[str, str], ...]:
         path = output.get("path")
         if not isinstance(path, str) or not path:
             raise InvalidArgument(f"{what}.path must be a non-empty string")
-        check_relative(path, f"{what}.path")
         kind = output.get("type")
         if not (kind == "json" or path.endswith(".json")):
-            continue
+            continue  # never read: the original's callers may name any path for these
+        check_relative(path, f"{what}.path")
         name = posixpath.basename(path)
         if name in found:
             raise InvalidArgument(f"{what}.path {path!r}: another JSON output is named {name!r} "
