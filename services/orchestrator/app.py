@@ -9,6 +9,7 @@ from agent_infra.runtime import DaemonApp, DaemonContext, package_version
 from agent_infra.wire import orchestrator_pb2, orchestrator_pb2_grpc
 from aiohttp import web
 
+from .console import console_routes
 from .domain import Orchestrator
 from .grpc_api import OrchestratorServicer
 from .http_api import queue_routes
@@ -42,8 +43,12 @@ class OrchestratorApp(DaemonApp[OrchestratorSettings]):
         def authorize(header: str | None) -> bool:
             return self._context is None or self._context.authorize(header)
 
+        def token() -> str | None:
+            return self._settings.auth.resolve_token()
+
         return [*queue_routes(self._domain, authorize),
-                *workflow_routes(self._domain, authorize)]
+                *workflow_routes(self._domain, authorize),
+                *console_routes(self._domain, authorize, token)]
 
     async def start(self, context: DaemonContext[OrchestratorSettings]) -> None:
         self._context = context

@@ -164,6 +164,13 @@ def test_wheel_holds_one_import_name_with_its_stubs_and_markers(installed: Insta
     assert stubs, "services/wire holds no .pyi stubs"
     missing = [stub for stub in stubs if f"agent_infra/wire/{stub}" not in names]
     assert missing == [], f"wire stubs missing from the wheel: {missing}"
+    # The web console's templates and static files are served from the package itself.
+    console = REPO / "services" / "orchestrator" / "console"
+    assets = sorted(f"agent_infra/orchestrator/console/{path.relative_to(console)}"
+                    for folder in ("templates", "static") for path in (console / folder).iterdir()
+                    if path.is_file())
+    assert assets, "the console ships no templates or static files"
+    assert sorted(set(assets) - names) == [], "console assets missing from the wheel"
     # Every module of the checkout is in the wheel, where the mapping says it goes.
     expected = set()
     for package in PACKAGES:
