@@ -91,6 +91,12 @@ class EnvManagerExecutor:
         self._record_limit = record_limit
         self.contracts = ContractCache(self._clients)
 
+    @property
+    def clients(self) -> tuple[EnvManagerClient, ...]:
+        """One client per endpoint, in configuration order (the console reads the stack
+        through them: the same channels, TLS and token)."""
+        return tuple(self._clients)
+
     async def check_payload(self, task_class: str, payload: Mapping[str, str]) -> None:
         """InvalidArgument for a payload every endpoint's contract refuses (contracts.py)."""
         if self.supports(task_class):
