@@ -5,7 +5,8 @@
 #      pyproject.toml is unchanged since the last successful install).
 #   b. A Docker engine answering `docker info` (installs docker.io + busybox-static from
 #      Debian's archive and starts dockerd when needed; needs root for that), and debootstrap
-#      for the Debian base images scripts/build_image.sh makes.
+#      for the Debian base images scripts/build_image.sh makes; Debian's chromium and
+#      chromium-driver for the web console's browser tests.
 #   c. The local test image local/busybox:latest, built from the static busybox (no registry).
 #
 # Idempotent and fast when everything is already there. Run it, don't source it.
@@ -173,6 +174,11 @@ ensure_docker() {
     # tests/integration/test_systemd_deploy.py.
     if ! command -v debootstrap >/dev/null 2>&1 && [[ ! -x /usr/sbin/debootstrap ]]; then
         pkgs+=(debootstrap)
+    fi
+    # The web console's browser tests (tests/integration/test_console_*.py) drive Debian's
+    # Chromium through its chromedriver with selenium: no browser build is downloaded.
+    if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+        pkgs+=(chromium chromium-driver)
     fi
     if ((${#pkgs[@]})); then
         apt_install "${pkgs[@]}"

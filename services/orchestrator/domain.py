@@ -220,16 +220,23 @@ class Orchestrator:
         return current
 
     async def list_tasks(self, *, statuses: Sequence[str] = (), task_class: str = "",
-                         workflow_id: str = "", page_size: int = 0, page_token: str = ""
-                         ) -> TaskPage:
+                         workflow_id: str = "", page_size: int = 0, page_token: str = "",
+                         id_prefix: str = "", submitted_after: float = 0.0,
+                         submitted_before: float = 0.0) -> TaskPage:
         """Stored tasks, newest first, with the given statuses (any when none), class and
-        workflow (any when ''); page_token continues where an earlier page said to."""
+        workflow (any when ''); page_token continues where an earlier page said to. The web
+        console also narrows by `id_prefix` and submit time (after <= submitted_at < before;
+        0: unbounded)."""
         wanted = _statuses(statuses)
         limit = _page_limit(page_size)
         before = _page_start(page_token)
+        if submitted_after < 0 or submitted_before < 0:
+            raise InvalidArgument("submitted_after and submitted_before must be unix seconds "
+                                  ">= 0 (0: unbounded)")
         tasks = await self.store.read(lambda conn: tasks_repo.page(
             conn, statuses=wanted, task_class=task_class, workflow_id=workflow_id,
-            limit=limit + 1, before_seq=before))
+            limit=limit + 1, before_seq=before, id_prefix=id_prefix,
+            submitted_after=submitted_after, submitted_before=submitted_before))
         more = len(tasks) > limit
         tasks = tasks[:limit]
         return TaskPage(tasks, str(tasks[-1].seq) if more and tasks else "")

@@ -166,10 +166,21 @@ def max_seq(conn: sqlite3.Connection) -> int:
 
 
 def page(conn: sqlite3.Connection, *, statuses: Sequence[str], task_class: str,
-         workflow_id: str, limit: int, before_seq: int | None) -> list[Task]:
-    """Newest first, without payloads; `before_seq` continues a previous page."""
+         workflow_id: str, limit: int, before_seq: int | None, id_prefix: str = "",
+         submitted_after: float = 0.0, submitted_before: float = 0.0) -> list[Task]:
+    """Newest first, without payloads; `before_seq` continues a previous page. `id_prefix`,
+    `submitted_after` (>=) and `submitted_before` (<) narrow it when set."""
     where: list[str] = []
     args: list[object] = []
+    if id_prefix:
+        where.append("substr(id, 1, ?) = ?")
+        args.extend((len(id_prefix), id_prefix))
+    if submitted_after:
+        where.append("submitted_at >= ?")
+        args.append(submitted_after)
+    if submitted_before:
+        where.append("submitted_at < ?")
+        args.append(submitted_before)
     if statuses:
         where.append(f"status IN ({', '.join('?' * len(statuses))})")
         args.extend(statuses)

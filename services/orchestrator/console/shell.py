@@ -57,7 +57,7 @@ class Console:
         self.access = access
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES),
-            autoescape=True, undefined=jinja2.StrictUndefined,
+            autoescape=True,
             trim_blocks=True, lstrip_blocks=True)
         self._static = _static_files()
         self.env.globals.update(static_url=self.static_url, sections=SECTIONS, prefix=PREFIX)
