@@ -6,12 +6,14 @@ PREFIX = "org.agent-infra"
 STACK = f"{PREFIX}.stack"
 SERVICE = f"{PREFIX}.service"
 CONFIG_HASH = f"{PREFIX}.config-hash"
-KIND = f"{PREFIX}.kind"  # "service" or "task"
+KIND = f"{PREFIX}.kind"  # "service", "task" or "warm"
 TASK_ID = f"{PREFIX}.task-id"
 WORKLOAD_CLASS = f"{PREFIX}.workload-class"
 
 KIND_SERVICE = "service"
 KIND_TASK = "task"
+# A warm container (tasks/warm.py): no task's until claimed; unclaimed, it is garbage.
+KIND_WARM = "warm"
 
 
 def label_filter(**labels: str) -> dict[str, list[str]]:

@@ -69,9 +69,10 @@ class AbandonWatch(RunnerCore):
         log.warning("task_abandoned", task_id=task_id, state="running",
                     reason=f"no caller for {grace:g} s; killing its container")
         self._abandoned.add(task_id)
-        name = container_name(self.stack_name, task_id)
         while not execution.task.done():
-            # Again until its run ends: it may be between its create and its start.
+            # Again until its run ends: it may be between its create and its start (or take a
+            # warm container meanwhile).
+            name = self._warm_runs.get(task_id) or container_name(self.stack_name, task_id)
             with contextlib.suppress(NotFound, FailedPrecondition):
                 await containers.kill(self.engine, name)
             await asyncio.wait([execution.task], timeout=ABANDON_KILL_RETRY_S)

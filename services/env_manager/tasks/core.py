@@ -31,6 +31,7 @@ from .results import (
 )
 from .slots import Slots
 from .store import StoredResult, TaskStore
+from .warm import WarmPool
 from .workloads import TaskSettings, WorkloadClass
 
 log = get_logger("tasks")
@@ -70,7 +71,20 @@ class RunnerCore:
         self._closing = False
         self._last_prune = 0.0
         self.max_message_bytes = max_message_bytes
+        # Warm containers (tasks/warm.py, tasks/warm_run.py): used once recover() has run.
+        self.warm = WarmPool(engine, stack_name, self._busy)
+        self.warm.configure(classes, task_settings.output_limit_bytes)
+        self.warm.register_owner(self._claimed_ids)
+        self._warm_runs: dict[str, str] = {}  # task id -> the warm container running it
+        self.recovered = False
         self._warn_unprotected_mounts(classes)
+
+    def _busy(self, workload_class: str) -> int:
+        slots = self._slots.get(workload_class)
+        return slots.in_use if slots is not None else 0
+
+    async def _claimed_ids(self) -> set[str]:
+        raise NotImplementedError  # tasks/warm_run.py
 
     @property
     def _output_budget(self) -> int:
@@ -128,8 +142,10 @@ class RunnerCore:
                         outcome.error, outcome.request_key)
 
     async def _finish(self, task_id: str, container_id: str,
-                      run: Coroutine[Any, Any, RunRecord]) -> Finished:
-        """Await the run, store its result, then remove the container (in that order)."""
+                      run: Coroutine[Any, Any, RunRecord], *,
+                      remove_later: bool = False) -> Finished:
+        """Await the run, store its result, then remove the container (in that order; with
+        `remove_later` the removal goes on after the answer, off the task's path)."""
         try:
             record = await run
         except asyncio.CancelledError:
@@ -144,7 +160,10 @@ class RunnerCore:
         await self.store.put(task_id, StoredResult(
             record.workload_class, outcome.success, outcome.result, outcome.error,
             record.finished_at, record.request_key))
-        await self._remove_shielded(container_id)
+        if remove_later:
+            self._spawn(self._remove_logged(container_id))
+        else:
+            await self._remove_shielded(container_id)
         await self._maybe_prune()
         return outcome
 

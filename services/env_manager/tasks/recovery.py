@@ -46,6 +46,7 @@ class Recovery(AbandonWatch):
     async def aclose(self) -> None:
         """Stop waiting on executions; running containers are left to the next process."""
         self._closing = True
+        await self.warm.aclose()
         for execution in self._inflight.values():
             if execution.timer is not None:
                 execution.timer.cancel()
@@ -75,3 +76,4 @@ class Recovery(AbandonWatch):
         finally:
             if slots is not None:
                 slots.release()
+                self.warm.wake(workload_class)

@@ -44,9 +44,9 @@ from .container import (
 )
 from .core import Execution, log
 from .payload import TaskSpec, check_task_id, parse_request
-from .recovery import Recovery
 from .results import Finished, TaskOutcome, cached, fit_output, other_class, other_request
 from .slots import Slots
+from .warm_run import WarmRuns
 from .workloads import TaskSettings, WorkloadClass
 
 __all__ = ["ACTIVE_STATES", "TaskOutcome", "TaskRunner", "fit_output"]
@@ -56,7 +56,7 @@ ACTIVE_STATES = ["created", "running", "restarting", "paused"]
 CREATE_ATTEMPTS = 3
 
 
-class TaskRunner(Recovery):
+class TaskRunner(WarmRuns):
     async def execute(self, task_id: str, workload_class: str, payload: Mapping[str, str],
                       timeout_seconds: int, caller: str = "", *,
                       attempt: int = 0) -> TaskOutcome:
@@ -111,6 +111,8 @@ class TaskRunner(Recovery):
                 self._slots[name] = Slots(workload.concurrency)
             else:
                 slots.resize(workload.concurrency)
+        # Every ready warm container goes; the pools refill per the new config.
+        self.warm.configure(classes, task_settings.output_limit_bytes)
 
     def capacity(self, workload_class: str) -> int:
         return self._workload(workload_class).concurrency
@@ -125,8 +127,10 @@ class TaskRunner(Recovery):
         self._workload(workload_class)
         filters = self._filters(**{labels.WORKLOAD_CLASS: workload_class})
         filters["status"] = ACTIVE_STATES
-        return len(await containers.list_containers(self.engine, filters,
-                                                    what="list task containers"))
+        warm = sum(1 for task_id in self._warm_runs
+                   if (run := self._inflight.get(task_id)) and run.workload_class == workload_class)
+        return warm + len(await containers.list_containers(self.engine, filters,
+                                                           what="list task containers"))
 
     async def cancel(self, task_id: str) -> bool:
         """Kill the task's container if it is running; its run then ends and is stored as
@@ -135,6 +139,12 @@ class TaskRunner(Recovery):
         found = await containers.list_containers(
             self.engine, self._filters(**{labels.TASK_ID: task_id}), what="list task containers")
         killed = False
+        warm = self._warm_runs.get(task_id)
+        if warm is not None:
+            self._cancelled.add(task_id)
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await containers.kill(self.engine, warm)
+                killed = True
         for container in found:
             self._cancelled.add(task_id)
             with contextlib.suppress(NotFound, FailedPrecondition):  # it stopped meanwhile
@@ -151,6 +161,11 @@ class TaskRunner(Recovery):
         stored = await self.store.get(spec.task_id)
         if stored is not None:
             return cached(stored)
+        if not self.recovered:
+            # An earlier process may have handed it to a warm container, not adopted yet.
+            claimed = await self._claimed_run(spec)
+            if claimed is not None:
+                return claimed
         slots = self._slots[spec.workload_class]
         await slots.acquire()
         execution.started = True
@@ -158,8 +173,12 @@ class TaskRunner(Recovery):
             return await self._run_in_slot(spec, workload)
         finally:
             slots.release()
+            self.warm.wake(spec.workload_class)
 
     async def _run_in_slot(self, spec: TaskSpec, workload: WorkloadClass) -> Finished:
+        warm = await self._run_warm(spec, workload)
+        if warm is not None:
+            return warm
         name = container_name(self.stack_name, spec.task_id)
         config = container_config(spec, workload, self.stack_name,
                                   self.settings.output_limit_bytes)

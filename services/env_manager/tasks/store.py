@@ -37,7 +37,26 @@ CREATE TABLE IF NOT EXISTS task_results (
     request_key    TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS task_results_finished_at ON task_results (finished_at);
+CREATE TABLE IF NOT EXISTS warm_claims (
+    task_id      TEXT PRIMARY KEY,
+    container_id TEXT NOT NULL,
+    labels       TEXT NOT NULL,
+    claimed_at   REAL NOT NULL
+);
 """
+
+
+@dataclass(frozen=True)
+class WarmClaim:
+    """A task handed to a warm container (tasks/warm.py), recorded before the hand-over: the
+    container runs that task, and a later process adopts it as the task's container."""
+
+    task_id: str
+    container_id: str
+    # The labels a container made for the task would carry (tasks/container.py): its class,
+    # request, timeout, extras; a warm container's own labels cannot be changed.
+    labels: dict[str, str]
+    claimed_at: float  # unix seconds: the task's start
 
 
 @dataclass(frozen=True)
@@ -126,10 +145,41 @@ class TaskStore:
 
         await self._run(write)
 
+    async def claim(self, claim: WarmClaim) -> None:
+        """Record that `claim.task_id` runs in a warm container; durable when this returns."""
+        row = (claim.task_id, claim.container_id, json.dumps(claim.labels), claim.claimed_at)
+
+        def write() -> None:
+            self._db.execute("INSERT OR REPLACE INTO warm_claims "
+                             "(task_id, container_id, labels, claimed_at) VALUES (?, ?, ?, ?)",
+                             row)
+
+        await self._run(write)
+
+    async def unclaim(self, task_id: str) -> None:
+        """Forget a claim whose container never ran the task (it then runs the cold way)."""
+        await self._run(lambda: self._db.execute("DELETE FROM warm_claims WHERE task_id = ?",
+                                                 (task_id,)))
+
+    async def claims(self, task_id: str | None = None) -> list[WarmClaim]:
+        """The warm claims recorded (only `task_id`'s when given), newest last."""
+        def read() -> list[tuple[str, str, str, float]]:
+            query = "SELECT task_id, container_id, labels, claimed_at FROM warm_claims"
+            if task_id is None:
+                return self._db.execute(query + " ORDER BY claimed_at").fetchall()
+            return self._db.execute(query + " WHERE task_id = ?", (task_id,)).fetchall()
+
+        return [WarmClaim(tid, cid, json.loads(labels), at)
+                for tid, cid, labels, at in await self._run(read)]
+
     async def prune(self, older_than: float) -> int:
-        """Drop results that finished before `older_than` (unix seconds); how many went."""
+        """Drop results that finished before `older_than` (unix seconds), and the warm claims of
+        tasks whose result is stored (a claim whose container is gone goes at recovery); how
+        many results went."""
 
         def delete() -> int:
+            self._db.execute("DELETE FROM warm_claims WHERE task_id IN "
+                             "(SELECT task_id FROM task_results)")
             return self._db.execute(
                 "DELETE FROM task_results WHERE finished_at < ?", (older_than,)).rowcount
 

@@ -36,6 +36,8 @@ MIB = 1024 * 1024
 DEFAULT_USER = "65534:65534"  # nobody:nogroup on most images; numeric, so no passwd lookup
 DEFAULT_PIDS_LIMIT = 256
 DEFAULT_MEMORY = 1024 * MIB
+MAX_WARM = 64
+DEFAULT_WARM_MAX_AGE = 600.0
 _USER = re.compile(r"^\d{1,10}(:\d{1,10})?$")
 _CAPABILITY = re.compile(r"^[A-Z][A-Z0-9_]{1,31}$")
 
@@ -96,6 +98,11 @@ class WorkloadClass(Section):
     # container's own filesystem: no host mount); the JSON files its artifacts.outputs name are
     # copied out of the stopped container into the result's outputs_summary (tasks/outputs.py).
     results_dir: str | None = None
+    # Containers created and started ahead, each waiting to be handed one task (tasks/warm.py);
+    # they count against `concurrency`. 0: every task gets a container made for it.
+    warm: int = Field(0, ge=0, le=MAX_WARM)
+    # An idle warm container older than this is replaced by a fresh one.
+    warm_max_age: Duration = Field(DEFAULT_WARM_MAX_AGE, ge=1.0, le=86400.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -128,6 +135,9 @@ class WorkloadClass(Section):
                                  f"other than /; got {target!r:.200}")
             if any(parse_mount(mount)[1] == target for mount in self.mounts):
                 raise ValueError(f"results_dir {target!r} is also a mount's target")
+        if self.concurrency and self.warm > self.concurrency:
+            raise ValueError(f"warm ({self.warm}) must not exceed concurrency "
+                             f"({self.concurrency}): warm containers count against it")
         if not _USER.fullmatch(self.user):
             raise ValueError(f"user must be a numeric \"uid\" or \"uid:gid\" such as "
                              f"\"{DEFAULT_USER}\"; got {self.user!r:.80}")
