@@ -60,6 +60,10 @@ def fits(argv: Sequence[str], env: Mapping[str, str], workdir: str | None) -> st
     """None when this can be handed over; else why not (it then goes the cold way)."""
     if not argv:
         return "no command (the image's own would run)"
+    if not argv[0] or argv[0].startswith("-"):
+        return "argv[0] is empty or starts with '-'"
+    if workdir is not None and not workdir.startswith("/"):
+        return "workdir is not absolute"
     bad = next((name for name in env if not _NAME.fullmatch(name)), None)
     if bad is not None:
         return f"env name {bad[:40]!r} is not a shell name"
@@ -75,11 +79,13 @@ def script(argv: Sequence[str], env: Mapping[str, str], workdir: str | None) -> 
     """The hand-over as sent on stdin: its line count, then the script (see the docstring)."""
     lines = ["unset SHLVL"]
     if workdir:
-        lines.append(f"r=workdir; cd -- {shlex.quote(workdir)} || exit {EXIT_REFUSED}")
+        lines.append(f"r=workdir; cd {shlex.quote(workdir)} || exit {EXIT_REFUSED}")
     lines.append("unset PWD OLDPWD")
     if env:
         lines.append("export " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()))
-    lines.append("r=exec; exec -- " + " ".join(shlex.quote(word) for word in argv))
+    # No "--" (dash's exec takes it for the command): fits() refuses an argv[0] or a workdir
+    # that could be read as an option.
+    lines.append("r=exec; exec " + " ".join(shlex.quote(word) for word in argv))
     text = "\n".join(lines)
     body = text.encode("utf-8", "surrogatepass")
     return f"{text.count(chr(10)) + 1}\n".encode() + body + b"\n"
