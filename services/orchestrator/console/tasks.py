@@ -82,6 +82,8 @@ def routes(console: Console) -> list[web.RouteDef]:
             request, "task.html", section="tasks", title=f"Task {task_id}", task=task,
             payload=_pretty_map(stored), result=_result_view(task.result),
             events=events, endpoints=[e.address for e in domain.settings.env_managers],
+            max_attempts=task.max_attempts or getattr(
+                domain.settings.classes.get(task.task_class), "max_attempts", "?"),
             flash=request.query.get("done", ""))
 
     async def cancel(request: web.Request) -> web.StreamResponse:
