@@ -5,7 +5,8 @@
     agent-infra status                                    # services and queues
 
 Commands are grouped in modules: cli_services (up, down, status, health, services, pull),
-cli_tasks (submit, run, wait, tasks, cancel, events), cli_workflows (workflow ...); the output
+cli_tasks (submit, run, wait, tasks, cancel, events), cli_workflows (workflow ...), cli_console
+(console); the output
 modes live in cli_output, shared options and helpers in cli_common.
 
 Exit codes: 0 ok, 1 the task or operation failed, 2 usage error, 3 a daemon is unreachable.
@@ -19,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import cli_services, cli_tasks, cli_workflows
+from . import cli_console, cli_services, cli_tasks, cli_workflows
 from .cli_common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
@@ -44,6 +45,7 @@ examples:
   agent-infra tasks --status failed
   agent-infra events -f --since 10m
   agent-infra workflow run etl --input url=https://example.org --watch
+  agent-infra console --open
   agent-infra down
 
 exit codes: 0 ok, 1 task or operation failed, 2 usage error, 3 infrastructure unreachable.
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_services.register(subparsers)
     cli_tasks.register(subparsers)
     cli_workflows.register(subparsers)
+    cli_console.register(subparsers)
     return parser
 
 
