@@ -68,6 +68,9 @@ class WarmContainer:
     made_at: float  # time.monotonic()
     output: Attachment  # stdout and stderr, attached before the start
     inlet: Attachment  # stdin: the hand-over, then the job's stdin
+    # While ready: waits on `output`, which stays silent until a hand-over; anything on it (its
+    # end: the container died, or the engine went away) makes the container unfit to take one.
+    watch: asyncio.Task[None] | None = None
 
     async def close_streams(self) -> None:
         for attachment in (self.inlet, self.output):
@@ -107,6 +110,10 @@ class WarmPool:
                 found = container
             else:
                 self.discard(container)
+        if found is not None and found.watch is not None:
+            found.watch.cancel()  # its output is the claimer's to read now
+            await asyncio.gather(found.watch, return_exceptions=True)
+            found.watch = None
         # The refill waits for the task to end (the runner wakes the keeper then) or for
         # REFILL_DELAY_S: a short task's container lifecycle never competes with its refill.
         asyncio.get_running_loop().call_later(REFILL_DELAY_S, self.wake, workload_class)
@@ -229,6 +236,7 @@ class WarmPool:
                     self.discard(container)  # the config changed (or a task took the room)
                 else:
                     ready.append(container)
+                    container.watch = asyncio.create_task(self._watch(container, ready))
                 continue
             timeout = (ready[0].made_at + workload.warm_max_age - now) if ready else None
             with contextlib.suppress(TimeoutError):
@@ -260,7 +268,25 @@ class WarmPool:
         made.made_at = time.monotonic()
         return made
 
+    async def _watch(self, container: WarmContainer, ready: deque[WarmContainer]) -> None:
+        try:
+            chunk = await container.output.read()
+        except Exception as exc:
+            chunk, reason = None, str(exc)
+        else:
+            reason = "its output ended" if chunk is None else "it wrote before a hand-over"
+        if container in ready:
+            ready.remove(container)
+            log.warning("warm_container_unfit", container_id=container.id, reason=reason)
+            container.watch = None
+            self.discard(container)
+            self.wake(container.workload_class)
+
     async def _remove(self, container: WarmContainer) -> None:
+        watch = container.watch
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         await container.close_streams()
         try:
             await remove(self.engine, container.id)
