@@ -120,27 +120,7 @@ def workflow_routes(domain: Callable[[], Orchestrator],
         document = await body(request)
         if document is None:
             document = {}
-        if not isinstance(document, dict):
-            raise InvalidArgument("body must be a JSON object {\"idempotency_key\", \"input\"}")
-        unknown = sorted(set(document) - RUN_KEYS)
-        if unknown:
-            raise InvalidArgument(f"body has unknown keys: {', '.join(unknown)[:200]} (allowed: "
-                                  f"{', '.join(sorted(RUN_KEYS))})")
-        key = document.get("idempotency_key", "")
-        key = "" if key is None else key
-        if not isinstance(key, str):
-            raise InvalidArgument("idempotency_key must be a string")
-        run_input = document.get("input", {})
-        run_input = {} if run_input is None else run_input
-        if not isinstance(run_input, dict):
-            raise InvalidArgument("input must be a JSON object")
-        metadata = document.get("metadata", {})
-        metadata = {} if metadata is None else metadata
-        if not isinstance(metadata, dict):
-            raise InvalidArgument("metadata must be a JSON object")
-        flat = {str(k): v if isinstance(v, str) else templating.encode_json(v)
-                for k, v in run_input.items()}
-        original = None if all(isinstance(v, str) for v in run_input.values()) else run_input
+        key, flat, original, metadata = run_request(document)
         run, created = await domain().workflows.start_run(
             workflow_id, key, flat, original_input=original, metadata=metadata)
         # The run as it is now (its first steps may have started).
@@ -181,6 +161,33 @@ def workflow_routes(domain: Callable[[], Orchestrator],
         # Any other method: 405 (after the token check), as JSON like every other error.
         defs.append(web.route("*", path, guarded(not_allowed(sorted(methods)))))
     return defs
+
+
+def run_request(document: Any) -> tuple[str, dict[str, str], Any, dict[str, Any]]:
+    """A start-run body {"idempotency_key"?, "input"?, "metadata"?} as start_run takes it:
+    (key, input as a string map, the input as sent when it was not one, metadata)."""
+    if not isinstance(document, dict):
+        raise InvalidArgument("body must be a JSON object {\"idempotency_key\", \"input\"}")
+    unknown = sorted(set(document) - RUN_KEYS)
+    if unknown:
+        raise InvalidArgument(f"body has unknown keys: {', '.join(unknown)[:200]} (allowed: "
+                              f"{', '.join(sorted(RUN_KEYS))})")
+    key = document.get("idempotency_key", "")
+    key = "" if key is None else key
+    if not isinstance(key, str):
+        raise InvalidArgument("idempotency_key must be a string")
+    run_input = document.get("input", {})
+    run_input = {} if run_input is None else run_input
+    if not isinstance(run_input, dict):
+        raise InvalidArgument("input must be a JSON object")
+    metadata = document.get("metadata", {})
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise InvalidArgument("metadata must be a JSON object")
+    flat = {str(k): v if isinstance(v, str) else templating.encode_json(v)
+            for k, v in run_input.items()}
+    original = None if all(isinstance(v, str) for v in run_input.values()) else run_input
+    return key, flat, original, metadata
 
 
 class _TooLarge(Exception):
