@@ -25,8 +25,8 @@ from typing import Any
 from ..workflows.spec import WorkflowSpec
 
 MAX_NODES = 400
-MAX_LABEL_CHARS = 28
-NODE_WIDTH = 180
+MAX_LABEL_CHARS = 26
+NODE_WIDTH = 210
 NODE_HEIGHT = 48
 GAP_X = 70
 GAP_Y = 22

@@ -55,5 +55,9 @@
     const data = event.data || {};
     if (event.type.startsWith("workflow_step_") && data.step_id) setStep(data.step_id, data.status);
     else refresh();  // the run ended: read its final state (skipped steps included)
-  }, (state) => { if (state === "live") refresh(); });
+  }, (state) => {
+    const live = document.getElementById("live-state");
+    if (live) { live.textContent = state; live.className = "live " + (state === "live" ? "ok" : "warn"); }
+    if (state === "live") refresh();
+  });
 })();

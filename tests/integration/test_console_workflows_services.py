@@ -1,0 +1,294 @@
+"""The console's Workflows and Services pages in a real browser (Debian's chromium through
+selenium), against a real orchestrator, a real env-manager and real Docker containers:
+
+* a typed workflow created from the page draws one SVG element per node; a run started from the
+  page colours its steps live, following the run (a gated step holds it running) to the end;
+* a workflow with an invalid spec is refused with the domain's own message, shown inline;
+* the services page shows a service of env-manager's registry, its log tail receives lines,
+  and stop and start from the page change its state (checked through gRPC).
+
+Each test saves a screenshot under its tmp_path; the page screenshots go to docs/console/.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from agent_infra.wire import env_manager_pb2 as em_pb
+from agent_infra.wire import env_manager_pb2_grpc
+from selenium import webdriver
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.daemon_support import eventually
+from tests.docker_support import TEST_IMAGE
+from tests.env_support import busybox_service
+from tests.orchestrator_support import Stack, orchestrator_stack
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.docker]
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs" / "console"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+WAIT = 20.0
+# cpu_short runs a signature node's payload with this handler: it prints the payload.
+HANDLER = (f'[workload_classes.cpu_short.handler]\nimage = "{TEST_IMAGE}"\n'
+           'command = ["sh", "-c", "cat; echo"]\n')
+TICKER = busybox_service("ticker", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done")
+NODE_IDS = {"answer", "check", "score", "lint", "note"}
+
+
+def typed_workflow() -> dict[str, Any]:
+    """The composer's shape: a signature, a verifier held by a gate file, a reward after it,
+    and a parallel branch (a verifier and a custom node)."""
+    return {
+        "name": "console <demo> & graph", "description": "drawn by the console test",
+        "tags": ["console"], "version": "0.1",
+        "nodes": [
+            {"id": "answer", "name": "Answer", "type": "signature",
+             "signature": {"prompt": "question -> answer"}},
+            {"id": "check", "name": "Check (gated)", "type": "verifier",
+             "verifier": {"command": "while [ ! -f /io/gate ]; do sleep 0.1; done; "
+                                     "echo VERIFIED", "success_signal": "VERIFIED"}},
+            {"id": "score", "name": "Reward", "type": "reward",
+             "reward": {"metric": "accuracy", "target": 0.9}},
+            {"id": "lint", "name": "Lint", "type": "verifier",
+             "verifier": {"command": "echo lint-ok"}},
+            {"id": "note", "name": "Note <b>bold?</b>", "type": "custom",
+             "custom": {"message": "<script>alert(1)</script>"}}],
+        "edges": [
+            {"id": "e1", "source": "answer", "target": "check", "kind": "data"},
+            {"id": "e2", "source": "check", "target": "score", "kind": "reward"},
+            {"id": "e3", "source": "lint", "target": "note", "kind": "control"}]}
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    workdir: Path = tmp_path_factory.mktemp("console-workflows")
+    async with orchestrator_stack(workdir, start=False) as started:
+        with started.env_manager_config.open("a") as config:
+            config.write(HANDLER + TICKER)
+        await started.start_env_manager()
+        await started.start_orchestrator()
+        yield started
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: install Debian's chromium and "
+                    "chromium-driver (apt-get install chromium chromium-driver, or run "
+                    "scripts/bootstrap.sh as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1400,1000", "--no-first-run",
+                     "--disable-extensions", "--disable-background-networking"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver: WebDriver, check: Callable[[WebDriver], Any], what: str,
+             timeout: float = WAIT) -> Any:
+    def safe(d: WebDriver) -> Any:
+        try:
+            return check(d)
+        except StaleElementReferenceException:
+            return False
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(safe)
+    except TimeoutException:
+        text = driver.find_element(By.TAG_NAME, "body").text[-3000:]
+        raise AssertionError(f"timed out after {timeout}s waiting for {what} at "
+                             f"{driver.current_url}; the page shows:\n{text}\n"
+                             f"console: {console_errors(driver)[-10:]}") from None
+
+
+def console_errors(driver: WebDriver) -> list[str]:
+    entries: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[attr-defined]
+    return [str(entry["message"]) for entry in entries if entry["level"] == "SEVERE"]
+
+
+def shoot(driver: WebDriver, *paths: Path) -> None:
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(path))
+
+
+def node_states(driver: WebDriver) -> dict[str, str]:
+    found = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#workflow-graph g.node'))"
+        ".map(n => [n.getAttribute('data-node-id'), n.getAttribute('data-status')]);")
+    return dict(found)
+
+
+def fill(driver: WebDriver, element_id: str, text: str) -> None:
+    driver.execute_script("document.getElementById(arguments[0]).value = arguments[1];",
+                          element_id, text)
+
+
+async def test_typed_workflow_graph_follows_a_run_to_the_end(
+        stack: Stack, browser: WebDriver, tmp_path: Path) -> None:
+    base = stack.daemon.http_url
+    browser.get(f"{base}/console/workflows/new")
+    fill(browser, "spec", json.dumps(typed_workflow(), indent=1))
+    browser.find_element(By.ID, "create").click()
+    wait_for(browser, lambda d: d.find_elements(By.ID, "workflow-graph"), "the graph page")
+    workflow_id = browser.find_element(By.ID, "workflow-id").text
+    nodes = browser.find_elements(By.CSS_SELECTOR, "#workflow-graph g.node")
+    assert sorted(str(node.get_attribute("data-node-id")) for node in nodes) == sorted(NODE_IDS)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#workflow-graph path.edge")) == 3
+    # Caller's text is text: the name with markup shows as written, no element made of it.
+    assert browser.find_element(By.TAG_NAME, "h1").text == "console <demo> & graph"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#workflow-graph b")
+    # Left to right: a node's parents are drawn to its left.
+    xs = {node.get_attribute("data-node-id"): node.rect["x"] for node in nodes}
+    assert xs["answer"] < xs["check"] < xs["score"] and xs["lint"] < xs["note"]
+
+    fill(browser, "run-input", '{"question": "2+2?"}')
+    browser.find_element(By.ID, "start-run").click()
+    wait_for(browser, lambda d: "run=" in d.current_url, "the run to be shown")
+    run_id = browser.current_url.split("run=")[1]
+    # The gate holds `check` running while the other branch finishes.
+    wait_for(browser, lambda d: node_states(d).get("check") == "running"
+             and node_states(d).get("note") == "completed", "check running, note completed")
+    states = node_states(browser)
+    assert states["answer"] == "completed" and states["score"] == "pending", states
+    running_fill = browser.execute_script(
+        "return getComputedStyle(document.querySelector("
+        "'#workflow-graph g.node[data-node-id=check] rect')).fill;")
+    done_fill = browser.execute_script(
+        "return getComputedStyle(document.querySelector("
+        "'#workflow-graph g.node[data-node-id=answer] rect')).fill;")
+    assert running_fill != done_fill, (running_fill, done_fill)
+    shoot(browser, tmp_path / "workflow-running.png")
+
+    stack.open_gate()
+    opened = time.monotonic()
+    wait_for(browser, lambda d: set(node_states(d).values()) == {"completed"},
+             "every step completed")
+    seen_after = time.monotonic() - opened
+    wait_for(browser, lambda d: d.find_element(By.ID, "run-status").text == "completed",
+             "the run completed")
+    code, run = await stack.http("GET", f"/workflow-runs/{run_id}")
+    assert code == 200 and run["status"] == "succeeded", run
+    print(f"graph showed every step completed {seen_after:.2f} s after the gate opened")
+    shoot(browser, tmp_path / "workflow-done.png", DOCS / "workflow-graph.png")
+    assert console_errors(browser) == []
+
+    browser.get(f"{base}/console/workflow-runs/{run_id}")
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.steps tr[data-step-id]:not(.step-detail)")
+    assert {row.get_attribute("data-step-id") for row in rows} == NODE_IDS
+    assert "VERIFIED" in browser.find_element(By.TAG_NAME, "main").text
+    assert "<script>alert(1)</script>" in browser.find_element(By.TAG_NAME, "main").text
+    shoot(browser, tmp_path / "run.png", DOCS / "workflow-run.png")
+
+    browser.get(f"{base}/console/workflows")
+    assert browser.find_elements(By.CSS_SELECTOR, f'tr[data-workflow-id="{workflow_id}"]')
+    shoot(browser, tmp_path / "workflows.png", DOCS / "workflows.png")
+    assert console_errors(browser) == []
+
+
+async def test_invalid_spec_shows_the_domain_error_inline(
+        stack: Stack, browser: WebDriver, tmp_path: Path) -> None:
+    spec = typed_workflow()
+    spec["edges"].append({"id": "e4", "source": "score", "target": "answer"})  # a cycle
+    code, answer = await stack.http("POST", "/workflows", body=spec)
+    assert code == 400, answer
+    browser.get(f"{stack.daemon.http_url}/console/workflows/new")
+    fill(browser, "spec", json.dumps(spec))
+    browser.find_element(By.ID, "create").click()
+    shown = wait_for(browser, lambda d: d.find_elements(By.ID, "spec-error"), "the error")
+    assert shown[0].text == answer["error"] and "cycle" in shown[0].text
+    # The spec stays in the form to be fixed.
+    assert json.loads(browser.find_element(By.ID, "spec").get_attribute("value") or "") == spec
+    shoot(browser, tmp_path / "invalid-spec.png")
+    # The refusal is a 400 (which the browser logs), and nothing else went wrong.
+    assert [error for error in console_errors(browser) if "status of 400" not in error] == []
+
+
+async def service_state(stack: Stack) -> str:
+    assert stack.env_manager is not None
+    stub = env_manager_pb2_grpc.EnvManagerServiceStub(stack.env_manager.channel())
+    found = await stub.GetServicesStatus(
+        em_pb.GetServicesStatusRequest(service_names=["ticker"]), timeout=30)
+    return str(found.services["ticker"].status)
+
+
+async def wait_service(stack: Stack, wanted: str) -> None:
+    async def reached() -> bool:
+        return await service_state(stack) == wanted
+    await eventually(reached, f"ticker {wanted} (GetServicesStatus)", timeout=WAIT,
+                     interval=0.2)
+
+
+def accept_confirm(driver: WebDriver) -> None:
+    def accepted(d: WebDriver) -> bool:
+        try:
+            d.switch_to.alert.accept()
+        except NoAlertPresentException:
+            return False
+        return True
+    wait_for(driver, accepted, "the confirm dialog", timeout=10)
+
+
+def row_state(driver: WebDriver) -> str:
+    rows = driver.find_elements(By.CSS_SELECTOR, 'tr[data-service="ticker"]')
+    return str(rows[0].get_attribute("data-state")) if rows else ""
+
+
+async def test_services_page_tails_logs_and_stops_and_starts(
+        stack: Stack, browser: WebDriver, tmp_path: Path) -> None:
+    assert stack.env_manager is not None
+    stub = env_manager_pb2_grpc.EnvManagerServiceStub(stack.env_manager.channel())
+    updates = [update async for update in stub.StartServices(
+        em_pb.StartServicesRequest(service_names=["ticker"]), timeout=120)]
+    assert updates and updates[-1].status in ("healthy", "running"), updates
+    browser.get(f"{stack.daemon.http_url}/console/services?endpoint=0&service=ticker")
+    assert row_state(browser) == "running"
+    assert stack.env_manager_addr in browser.find_element(By.CSS_SELECTOR,
+                                                          "section.endpoint h2").text
+    wait_for(browser, lambda d: "tick-" in d.find_element(By.ID, "log-tail").text,
+             "a log line in the tail")
+    first = browser.find_element(By.ID, "log-tail").text
+    wait_for(browser, lambda d: d.find_element(By.ID, "log-tail").text != first,
+             "a new log line")
+    shoot(browser, tmp_path / "services-running.png", DOCS / "services.png")
+
+    browser.find_element(By.CSS_SELECTOR,
+                         'tr[data-service="ticker"] button[data-action="stop"]').click()
+    accept_confirm(browser)
+    await wait_service(stack, "stopped")
+    wait_for(browser, lambda d: row_state(d) == "stopped", "the page to show it stopped")
+    shoot(browser, tmp_path / "services-stopped.png")
+
+    browser.find_element(By.CSS_SELECTOR,
+                         'tr[data-service="ticker"] button[data-action="start"]').click()
+    await wait_service(stack, "running")
+    wait_for(browser, lambda d: row_state(d) == "running", "the page to show it running")
+    # The tail follows the new container.
+    wait_for(browser, lambda d: d.find_element(By.ID, "log-state").text == "following"
+             and "tick-" in d.find_element(By.ID, "log-tail").text, "the new container's log")
+    shoot(browser, tmp_path / "services-started.png")
+    assert console_errors(browser) == []
