@@ -22,17 +22,12 @@ import pytest
 import pytest_asyncio
 from agent_infra.wire import env_manager_pb2 as em_pb
 from agent_infra.wire import env_manager_pb2_grpc
-from selenium import webdriver
-from selenium.common.exceptions import (
-    NoAlertPresentException,
-    StaleElementReferenceException,
-    TimeoutException,
-)
-from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
 
+from tests import browser_support
+from tests.browser_support import WAIT, chromium, console_errors, screenshot
 from tests.daemon_support import eventually
 from tests.docker_support import TEST_IMAGE
 from tests.env_support import busybox_service
@@ -42,9 +37,6 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "console"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-WAIT = 20.0
 # cpu_short runs a signature node's payload with this handler: it prints the payload.
 HANDLER = (f'[workload_classes.cpu_short.handler]\nimage = "{TEST_IMAGE}"\n'
            'command = ["sh", "-c", "cat; echo"]\n')
@@ -89,51 +81,29 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found: install Debian's chromium and "
-                    "chromium-driver (apt-get install chromium chromium-driver, or run "
-                    "scripts/bootstrap.sh as root)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1400,1000", "--no-first-run",
-                     "--disable-extensions", "--disable-background-networking"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(WAIT)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def wait_for(driver: WebDriver, check: Callable[[WebDriver], Any], what: str,
              timeout: float = WAIT) -> Any:
+    """browser_support.wait_for, telling what the page showed when it timed out."""
     def safe(d: WebDriver) -> Any:
         try:
             return check(d)
         except StaleElementReferenceException:
             return False
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(safe)
-    except TimeoutException:
+        return browser_support.wait_for(driver, safe, what, timeout)
+    except AssertionError as exc:
         text = driver.find_element(By.TAG_NAME, "body").text[-3000:]
-        raise AssertionError(f"timed out after {timeout}s waiting for {what} at "
-                             f"{driver.current_url}; the page shows:\n{text}\n"
+        raise AssertionError(f"{exc}; the page shows:\n{text}\n"
                              f"console: {console_errors(driver)[-10:]}") from None
-
-
-def console_errors(driver: WebDriver) -> list[str]:
-    entries: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[attr-defined]
-    return [str(entry["message"]) for entry in entries if entry["level"] == "SEVERE"]
 
 
 def shoot(driver: WebDriver, *paths: Path) -> None:
     for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(path))
+        screenshot(driver, path)
 
 
 def node_states(driver: WebDriver) -> dict[str, str]:
