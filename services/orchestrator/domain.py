@@ -223,8 +223,9 @@ class Orchestrator:
                          workflow_id: str = "", page_size: int = 0, page_token: str = "",
                          id_prefix: str = "", submitted_after: float = 0.0,
                          submitted_before: float = 0.0) -> TaskPage:
-        """Stored tasks, newest first, with the given statuses (any when none), class and
-        workflow (any when ''); page_token continues where an earlier page said to. The web
+        """Stored tasks (without payload and result), newest first, with the given statuses
+        (any when none), class and workflow (any when ''); page_token continues where an
+        earlier page said to. The web
         console also narrows by `id_prefix` and submit time (after <= submitted_at < before;
         0: unbounded)."""
         wanted = _statuses(statuses)
@@ -236,7 +237,8 @@ class Orchestrator:
         tasks = await self.store.read(lambda conn: tasks_repo.page(
             conn, statuses=wanted, task_class=task_class, workflow_id=workflow_id,
             limit=limit + 1, before_seq=before, id_prefix=id_prefix,
-            submitted_after=submitted_after, submitted_before=submitted_before))
+            submitted_after=submitted_after, submitted_before=submitted_before,
+            with_result=False))
         more = len(tasks) > limit
         tasks = tasks[:limit]
         return TaskPage(tasks, str(tasks[-1].seq) if more and tasks else "")

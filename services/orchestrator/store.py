@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, task_class);
 CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks (workflow_id);
 CREATE INDEX IF NOT EXISTS tasks_by_finished ON tasks (finished_at) WHERE finished_at > 0;
+-- ListTasks (and the web console's list) pages newest first by seq: without it, every page
+-- sorted the whole table.
+CREATE INDEX IF NOT EXISTS tasks_by_seq ON tasks (seq);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_type TEXT NOT NULL,

@@ -25,6 +25,8 @@ _COLUMNS = ("id, task_class, payload, priority, workflow_id, timeout_seconds, ma
 # out select, so 100,000 pending 1 MB tasks are not read into memory (a Task from these rows has
 # an empty payload; `mark_running` loads the real one when the task is dispatched).
 _COLUMNS_NO_PAYLOAD = _COLUMNS.replace("payload", "'{}'", 1)
+# Neither payload nor result: what a list of tasks shows (ListTasks, the console's list).
+_COLUMNS_SUMMARY = _COLUMNS_NO_PAYLOAD.replace("result", "'{}'", 1)
 _NOT_TERMINAL = "status NOT IN ({})".format(", ".join(f"'{s.value}'" for s in TERMINAL))
 
 
@@ -167,9 +169,11 @@ def max_seq(conn: sqlite3.Connection) -> int:
 
 def page(conn: sqlite3.Connection, *, statuses: Sequence[str], task_class: str,
          workflow_id: str, limit: int, before_seq: int | None, id_prefix: str = "",
-         submitted_after: float = 0.0, submitted_before: float = 0.0) -> list[Task]:
-    """Newest first, without payloads; `before_seq` continues a previous page. `id_prefix`,
-    `submitted_after` (>=) and `submitted_before` (<) narrow it when set."""
+         submitted_after: float = 0.0, submitted_before: float = 0.0,
+         with_result: bool = True) -> list[Task]:
+    """Newest first, without payloads (and without results unless `with_result`);
+    `before_seq` continues a previous page. `id_prefix`, `submitted_after` (>=) and
+    `submitted_before` (<) narrow it when set."""
     where: list[str] = []
     args: list[object] = []
     if id_prefix:
@@ -195,7 +199,8 @@ def page(conn: sqlite3.Connection, *, statuses: Sequence[str], task_class: str,
         args.append(before_seq)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     rows = conn.execute(
-        f"SELECT {_COLUMNS_NO_PAYLOAD} FROM tasks {clause} ORDER BY seq DESC LIMIT ?",
+        f"SELECT {_COLUMNS_NO_PAYLOAD if with_result else _COLUMNS_SUMMARY} FROM tasks "
+        f"{clause} ORDER BY seq DESC LIMIT ?",
         (*args, limit)).fetchall()
     return [_task(row) for row in rows]
 
