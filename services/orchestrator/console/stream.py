@@ -37,6 +37,8 @@ from .shell import PREFIX, Console, json_error
 # Events held for one subscriber whose connection is slow; past that it is told to reconnect.
 QUEUE_SIZE = 1000
 KEEPALIVE = 15.0
+# How often a quiet stream checks whether its client is still there.
+TICK = 1.0
 RETRY_MS = 1000
 # A write the client takes longer than this to accept ends the stream (a stalled reader).
 WRITE_TIMEOUT = 10.0
@@ -69,6 +71,7 @@ def routes(console: Console) -> list[web.RouteDef]:
         limit = domain.settings.server.http_request_timeout - TIME_LIMIT_MARGIN
         deadline = time.monotonic() + max(limit, 1.0)
         last = after or 0
+        wrote = time.monotonic()
         reason = "the daemon is stopping"
         try:
             while True:
@@ -76,19 +79,24 @@ def routes(console: Console) -> list[web.RouteDef]:
                     if not pump.cancelled() and pump.result():
                         reason = f"more than {QUEUE_SIZE} events behind"
                     break
-                left = deadline - time.monotonic()
-                if left <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     reason = "request time limit"
                     break
+                if request.transport is None or request.transport.is_closing():
+                    return response  # the browser left (aiohttp does not cancel the handler)
                 try:
-                    event = await asyncio.wait_for(queue.get(), min(KEEPALIVE, left))
+                    event = await asyncio.wait_for(queue.get(), min(TICK, deadline - now))
                 except TimeoutError:
-                    await _write(response, b": keepalive\n\n")
+                    if time.monotonic() - wrote >= KEEPALIVE:
+                        await _write(response, b": keepalive\n\n")
+                        wrote = time.monotonic()
                     continue
                 if event is None:
                     continue  # the pump ended: the top of the loop says why
                 last = event.seq
                 await _write(response, _message(event))
+                wrote = time.monotonic()
             await _write(response, b"event: reconnect\ndata: " + orjson.dumps(
                 {"last_event_id": last, "reason": reason}) + b"\n\n")
         except (ConnectionResetError, TimeoutError):
