@@ -14,6 +14,7 @@ from agent_infra.runtime.logs import get_logger
 
 from .docker.engine import DockerEngine
 from .resources import Availability, HardwareProbe, availability, cpu_cores
+from .sandboxes.manager import SandboxManager
 from .settings import EnvManagerSettings
 from .stack import StackManager
 from .tasks.runner import TaskRunner
@@ -41,6 +42,7 @@ class EnvManager:
             resolve_workload_classes(settings.workload_classes, cpu_cores(), gpu_count),
             settings.tasks, store, max_message_bytes=settings.server.max_message_bytes,
         )
+        self.sandboxes = SandboxManager(engine, settings.stack.name, self.runner.classes)
         self.docker_error = ""
         self._recovered = False
 
@@ -63,6 +65,7 @@ class EnvManager:
             resolve_workload_classes(settings.workload_classes, cpu_cores(), self._gpu_count),
             settings.tasks,
         )
+        self.sandboxes.reconfigure(self.runner.classes)
 
     async def availability(self, workload_class: str) -> Availability:
         return await availability(self.runner, self.hardware, workload_class)
@@ -108,6 +111,8 @@ class EnvManager:
         if not self._recovered:
             # Task containers a previous env-manager left running are finished and stored.
             await self.runner.recover()
+            # Sandboxes it left are re-adopted, or removed when stopped or expired.
+            await self.sandboxes.adopt()
             self._recovered = True
         return True
 
@@ -119,6 +124,7 @@ class EnvManager:
             await asyncio.sleep(DOCKER_CHECK_INTERVAL if ok else DOCKER_RECHECK_INTERVAL)
 
     async def close(self) -> None:
+        await self.sandboxes.close()
         await self.runner.aclose()
         await self.runner.store.close()
         await self.engine.close()

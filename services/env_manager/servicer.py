@@ -17,6 +17,9 @@ from .health_watch import watch_health
 from .image_pulls import pull_all
 from .manager import EnvManager
 from .resources import Availability
+from .sandboxes.execs import Exit
+from .sandboxes.manager import SandboxManager
+from .sandboxes.model import Sandbox, owner_of
 from .stack import ServiceState, StackManager
 from .tasks.payload import caller_identity
 
@@ -90,6 +93,55 @@ class EnvManagerServicer(env_manager_pb2_grpc.EnvManagerServiceServicer):
         return pb.CancelTaskResponse(
             success=killed, message="killed" if killed else "no running container for the task")
 
+    # -- sandbox sessions (sandboxes/) --------------------------------------------------------
+
+    @property
+    def _sandboxes(self) -> SandboxManager:
+        return self._get().sandboxes
+
+    async def CreateSandbox(self, request: pb.CreateSandboxRequest, context: Context
+                            ) -> pb.CreateSandboxResponse:
+        sandbox = await self._sandboxes.create(
+            request.workload_class, request.image, dict(request.env), request.ttl_seconds,
+            request.idle_timeout_seconds, _owner(context, request.on_behalf_of))
+        return pb.CreateSandboxResponse(sandbox_id=sandbox.sandbox_id,
+                                        sandbox=_sandbox_info(sandbox))
+
+    async def SandboxExec(self, request: pb.SandboxExecRequest, context: Context
+                          ) -> AsyncIterator[pb.SandboxExecOutput]:
+        items = self._sandboxes.exec(
+            request.sandbox_id, _owner(context, request.on_behalf_of), list(request.command),
+            request.stdin, dict(request.env), request.timeout_seconds, request.workdir)
+        async for item in items:
+            if isinstance(item, Exit):
+                yield pb.SandboxExecOutput(exited=True, exit_code=item.exit_code,
+                                           timed_out=item.timed_out, truncated=item.truncated,
+                                           duration_ms=item.duration_ms)
+            else:
+                yield pb.SandboxExecOutput(stream=item.stream, data=item.data)
+
+    async def PutFile(self, request: pb.PutFileRequest, context: Context) -> pb.PutFileResponse:
+        path, size = await self._sandboxes.put_file(
+            request.sandbox_id, _owner(context, request.on_behalf_of), request.path,
+            request.content, request.mode)
+        return pb.PutFileResponse(path=path, size_bytes=size)
+
+    async def GetFile(self, request: pb.GetFileRequest, context: Context) -> pb.GetFileResponse:
+        path, data = await self._sandboxes.get_file(
+            request.sandbox_id, _owner(context, request.on_behalf_of), request.path)
+        return pb.GetFileResponse(path=path, content=data, size_bytes=len(data))
+
+    async def ListSandboxes(self, request: pb.ListSandboxesRequest, context: Context
+                            ) -> pb.ListSandboxesResponse:
+        found = self._sandboxes.owned(_owner(context, request.on_behalf_of),
+                                     request.workload_class)
+        return pb.ListSandboxesResponse(sandboxes=[_sandbox_info(s) for s in found])
+
+    async def DeleteSandbox(self, request: pb.DeleteSandboxRequest, context: Context
+                            ) -> pb.DeleteSandboxResponse:
+        await self._sandboxes.delete(request.sandbox_id, _owner(context, request.on_behalf_of))
+        return pb.DeleteSandboxResponse(success=True, message="deleted")
+
     async def PullImages(self, request: pb.PullImagesRequest, context: Context
                          ) -> AsyncIterator[pb.ImagePullProgress]:
         names = self._get().pullable(list(request.image_names))
@@ -119,6 +171,18 @@ def _bearer_token(context: Context) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None
+
+
+def _owner(context: Context, on_behalf_of: str) -> str:
+    return owner_of(caller_identity(_bearer_token(context)), on_behalf_of)
+
+
+def _sandbox_info(sandbox: Sandbox) -> pb.SandboxInfo:
+    return pb.SandboxInfo(
+        sandbox_id=sandbox.sandbox_id, workload_class=sandbox.workload_class,
+        image=sandbox.image, created_at=int(sandbox.created_at),
+        expires_at=int(sandbox.expires_at), last_used_at=int(sandbox.last_used_at),
+        idle_timeout_seconds=int(sandbox.idle_timeout), running_execs=sandbox.running_execs)
 
 
 def _service_status(state: ServiceState) -> pb.ServiceStatus:

@@ -85,6 +85,36 @@ class EnvManagerServiceStub:
                 request_serializer=env__manager_dot_v1__pb2.CancelTaskRequest.SerializeToString,
                 response_deserializer=env__manager_dot_v1__pb2.CancelTaskResponse.FromString,
                 _registered_method=True)
+        self.CreateSandbox = channel.unary_unary(
+                '/env_manager.v1.EnvManagerService/CreateSandbox',
+                request_serializer=env__manager_dot_v1__pb2.CreateSandboxRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.CreateSandboxResponse.FromString,
+                _registered_method=True)
+        self.SandboxExec = channel.unary_stream(
+                '/env_manager.v1.EnvManagerService/SandboxExec',
+                request_serializer=env__manager_dot_v1__pb2.SandboxExecRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.SandboxExecOutput.FromString,
+                _registered_method=True)
+        self.PutFile = channel.unary_unary(
+                '/env_manager.v1.EnvManagerService/PutFile',
+                request_serializer=env__manager_dot_v1__pb2.PutFileRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.PutFileResponse.FromString,
+                _registered_method=True)
+        self.GetFile = channel.unary_unary(
+                '/env_manager.v1.EnvManagerService/GetFile',
+                request_serializer=env__manager_dot_v1__pb2.GetFileRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.GetFileResponse.FromString,
+                _registered_method=True)
+        self.ListSandboxes = channel.unary_unary(
+                '/env_manager.v1.EnvManagerService/ListSandboxes',
+                request_serializer=env__manager_dot_v1__pb2.ListSandboxesRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.ListSandboxesResponse.FromString,
+                _registered_method=True)
+        self.DeleteSandbox = channel.unary_unary(
+                '/env_manager.v1.EnvManagerService/DeleteSandbox',
+                request_serializer=env__manager_dot_v1__pb2.DeleteSandboxRequest.SerializeToString,
+                response_deserializer=env__manager_dot_v1__pb2.DeleteSandboxResponse.FromString,
+                _registered_method=True)
 
 
 class EnvManagerServiceServicer:
@@ -163,6 +193,50 @@ class EnvManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSandbox(self, request, context):
+        """Added by agent-infra: sandbox sessions, long-lived containers of a workload class in which
+        many commands run one after another, their files and processes kept between them.
+        Creates a sandbox (started, ready for SandboxExec) and returns its id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SandboxExec(self, request, context):
+        """Runs one command in a sandbox; streams its stdout and stderr as they come, then its exit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutFile(self, request, context):
+        """Writes one file into a sandbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFile(self, request, context):
+        """Reads one file out of a sandbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSandboxes(self, request, context):
+        """Lists the caller's sandboxes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSandbox(self, request, context):
+        """Deletes a sandbox: its container and filesystem are removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnvManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +289,36 @@ def add_EnvManagerServiceServicer_to_server(servicer, server):
                     servicer.CancelTask,
                     request_deserializer=env__manager_dot_v1__pb2.CancelTaskRequest.FromString,
                     response_serializer=env__manager_dot_v1__pb2.CancelTaskResponse.SerializeToString,
+            ),
+            'CreateSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSandbox,
+                    request_deserializer=env__manager_dot_v1__pb2.CreateSandboxRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.CreateSandboxResponse.SerializeToString,
+            ),
+            'SandboxExec': grpc.unary_stream_rpc_method_handler(
+                    servicer.SandboxExec,
+                    request_deserializer=env__manager_dot_v1__pb2.SandboxExecRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.SandboxExecOutput.SerializeToString,
+            ),
+            'PutFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutFile,
+                    request_deserializer=env__manager_dot_v1__pb2.PutFileRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.PutFileResponse.SerializeToString,
+            ),
+            'GetFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFile,
+                    request_deserializer=env__manager_dot_v1__pb2.GetFileRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.GetFileResponse.SerializeToString,
+            ),
+            'ListSandboxes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSandboxes,
+                    request_deserializer=env__manager_dot_v1__pb2.ListSandboxesRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.ListSandboxesResponse.SerializeToString,
+            ),
+            'DeleteSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSandbox,
+                    request_deserializer=env__manager_dot_v1__pb2.DeleteSandboxRequest.FromString,
+                    response_serializer=env__manager_dot_v1__pb2.DeleteSandboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +592,168 @@ class EnvManagerService:
             '/env_manager.v1.EnvManagerService/CancelTask',
             env__manager_dot_v1__pb2.CancelTaskRequest.SerializeToString,
             env__manager_dot_v1__pb2.CancelTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/env_manager.v1.EnvManagerService/CreateSandbox',
+            env__manager_dot_v1__pb2.CreateSandboxRequest.SerializeToString,
+            env__manager_dot_v1__pb2.CreateSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SandboxExec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/env_manager.v1.EnvManagerService/SandboxExec',
+            env__manager_dot_v1__pb2.SandboxExecRequest.SerializeToString,
+            env__manager_dot_v1__pb2.SandboxExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/env_manager.v1.EnvManagerService/PutFile',
+            env__manager_dot_v1__pb2.PutFileRequest.SerializeToString,
+            env__manager_dot_v1__pb2.PutFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/env_manager.v1.EnvManagerService/GetFile',
+            env__manager_dot_v1__pb2.GetFileRequest.SerializeToString,
+            env__manager_dot_v1__pb2.GetFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSandboxes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/env_manager.v1.EnvManagerService/ListSandboxes',
+            env__manager_dot_v1__pb2.ListSandboxesRequest.SerializeToString,
+            env__manager_dot_v1__pb2.ListSandboxesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/env_manager.v1.EnvManagerService/DeleteSandbox',
+            env__manager_dot_v1__pb2.DeleteSandboxRequest.SerializeToString,
+            env__manager_dot_v1__pb2.DeleteSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

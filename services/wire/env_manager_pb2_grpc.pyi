@@ -67,6 +67,21 @@ class EnvManagerServiceStub:
     """Added by agent-infra: kills a running task container (ExecuteTask's task_id); its result is
     stored as cancelled.
     """
+    CreateSandbox: _grpc.UnaryUnaryMultiCallable[_v1_pb2.CreateSandboxRequest, _v1_pb2.CreateSandboxResponse]
+    """Added by agent-infra: sandbox sessions, long-lived containers of a workload class in which
+    many commands run one after another, their files and processes kept between them.
+    Creates a sandbox (started, ready for SandboxExec) and returns its id.
+    """
+    SandboxExec: _grpc.UnaryStreamMultiCallable[_v1_pb2.SandboxExecRequest, _v1_pb2.SandboxExecOutput]
+    """Runs one command in a sandbox; streams its stdout and stderr as they come, then its exit."""
+    PutFile: _grpc.UnaryUnaryMultiCallable[_v1_pb2.PutFileRequest, _v1_pb2.PutFileResponse]
+    """Writes one file into a sandbox."""
+    GetFile: _grpc.UnaryUnaryMultiCallable[_v1_pb2.GetFileRequest, _v1_pb2.GetFileResponse]
+    """Reads one file out of a sandbox."""
+    ListSandboxes: _grpc.UnaryUnaryMultiCallable[_v1_pb2.ListSandboxesRequest, _v1_pb2.ListSandboxesResponse]
+    """Lists the caller's sandboxes."""
+    DeleteSandbox: _grpc.UnaryUnaryMultiCallable[_v1_pb2.DeleteSandboxRequest, _v1_pb2.DeleteSandboxResponse]
+    """Deletes a sandbox: its container and filesystem are removed."""
 
 @_typing.type_check_only
 class EnvManagerServiceAsyncStub(EnvManagerServiceStub):
@@ -97,6 +112,21 @@ class EnvManagerServiceAsyncStub(EnvManagerServiceStub):
     """Added by agent-infra: kills a running task container (ExecuteTask's task_id); its result is
     stored as cancelled.
     """
+    CreateSandbox: _aio.UnaryUnaryMultiCallable[_v1_pb2.CreateSandboxRequest, _v1_pb2.CreateSandboxResponse]  # type: ignore[assignment]
+    """Added by agent-infra: sandbox sessions, long-lived containers of a workload class in which
+    many commands run one after another, their files and processes kept between them.
+    Creates a sandbox (started, ready for SandboxExec) and returns its id.
+    """
+    SandboxExec: _aio.UnaryStreamMultiCallable[_v1_pb2.SandboxExecRequest, _v1_pb2.SandboxExecOutput]  # type: ignore[assignment]
+    """Runs one command in a sandbox; streams its stdout and stderr as they come, then its exit."""
+    PutFile: _aio.UnaryUnaryMultiCallable[_v1_pb2.PutFileRequest, _v1_pb2.PutFileResponse]  # type: ignore[assignment]
+    """Writes one file into a sandbox."""
+    GetFile: _aio.UnaryUnaryMultiCallable[_v1_pb2.GetFileRequest, _v1_pb2.GetFileResponse]  # type: ignore[assignment]
+    """Reads one file out of a sandbox."""
+    ListSandboxes: _aio.UnaryUnaryMultiCallable[_v1_pb2.ListSandboxesRequest, _v1_pb2.ListSandboxesResponse]  # type: ignore[assignment]
+    """Lists the caller's sandboxes."""
+    DeleteSandbox: _aio.UnaryUnaryMultiCallable[_v1_pb2.DeleteSandboxRequest, _v1_pb2.DeleteSandboxResponse]  # type: ignore[assignment]
+    """Deletes a sandbox: its container and filesystem are removed."""
 
 class EnvManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The env-manager, dialled by the orchestrator on ENV_MANAGER_GRPC_ADDR."""
@@ -184,5 +214,56 @@ class EnvManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Added by agent-infra: kills a running task container (ExecuteTask's task_id); its result is
         stored as cancelled.
         """
+
+    @_abc_1.abstractmethod
+    def CreateSandbox(
+        self,
+        request: _v1_pb2.CreateSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_v1_pb2.CreateSandboxResponse, _abc.Awaitable[_v1_pb2.CreateSandboxResponse]]:
+        """Added by agent-infra: sandbox sessions, long-lived containers of a workload class in which
+        many commands run one after another, their files and processes kept between them.
+        Creates a sandbox (started, ready for SandboxExec) and returns its id.
+        """
+
+    @_abc_1.abstractmethod
+    def SandboxExec(
+        self,
+        request: _v1_pb2.SandboxExecRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_v1_pb2.SandboxExecOutput], _abc.AsyncIterator[_v1_pb2.SandboxExecOutput]]:
+        """Runs one command in a sandbox; streams its stdout and stderr as they come, then its exit."""
+
+    @_abc_1.abstractmethod
+    def PutFile(
+        self,
+        request: _v1_pb2.PutFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_v1_pb2.PutFileResponse, _abc.Awaitable[_v1_pb2.PutFileResponse]]:
+        """Writes one file into a sandbox."""
+
+    @_abc_1.abstractmethod
+    def GetFile(
+        self,
+        request: _v1_pb2.GetFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_v1_pb2.GetFileResponse, _abc.Awaitable[_v1_pb2.GetFileResponse]]:
+        """Reads one file out of a sandbox."""
+
+    @_abc_1.abstractmethod
+    def ListSandboxes(
+        self,
+        request: _v1_pb2.ListSandboxesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_v1_pb2.ListSandboxesResponse, _abc.Awaitable[_v1_pb2.ListSandboxesResponse]]:
+        """Lists the caller's sandboxes."""
+
+    @_abc_1.abstractmethod
+    def DeleteSandbox(
+        self,
+        request: _v1_pb2.DeleteSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_v1_pb2.DeleteSandboxResponse, _abc.Awaitable[_v1_pb2.DeleteSandboxResponse]]:
+        """Deletes a sandbox: its container and filesystem are removed."""
 
 def add_EnvManagerServiceServicer_to_server(servicer: EnvManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -95,6 +95,36 @@ class OrchestratorServiceStub:
                 request_serializer=orchestrator_dot_v1__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=orchestrator_dot_v1__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.CreateSandbox = channel.unary_unary(
+                '/orchestrator.v1.OrchestratorService/CreateSandbox',
+                request_serializer=orchestrator_dot_v1__pb2.CreateSandboxRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.CreateSandboxResponse.FromString,
+                _registered_method=True)
+        self.SandboxExec = channel.unary_stream(
+                '/orchestrator.v1.OrchestratorService/SandboxExec',
+                request_serializer=orchestrator_dot_v1__pb2.SandboxExecRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.SandboxExecOutput.FromString,
+                _registered_method=True)
+        self.PutFile = channel.unary_unary(
+                '/orchestrator.v1.OrchestratorService/PutFile',
+                request_serializer=orchestrator_dot_v1__pb2.PutFileRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.PutFileResponse.FromString,
+                _registered_method=True)
+        self.GetFile = channel.unary_unary(
+                '/orchestrator.v1.OrchestratorService/GetFile',
+                request_serializer=orchestrator_dot_v1__pb2.GetFileRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.GetFileResponse.FromString,
+                _registered_method=True)
+        self.ListSandboxes = channel.unary_unary(
+                '/orchestrator.v1.OrchestratorService/ListSandboxes',
+                request_serializer=orchestrator_dot_v1__pb2.ListSandboxesRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.ListSandboxesResponse.FromString,
+                _registered_method=True)
+        self.DeleteSandbox = channel.unary_unary(
+                '/orchestrator.v1.OrchestratorService/DeleteSandbox',
+                request_serializer=orchestrator_dot_v1__pb2.DeleteSandboxRequest.SerializeToString,
+                response_deserializer=orchestrator_dot_v1__pb2.DeleteSandboxResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -186,6 +216,49 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSandbox(self, request, context):
+        """Sandbox sessions (env_manager.v1's, routed to the env-manager that holds each sandbox).
+        Creates a sandbox on an env-manager and returns its id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SandboxExec(self, request, context):
+        """Runs one command in a sandbox; streams its stdout and stderr, then its exit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutFile(self, request, context):
+        """Writes one file into a sandbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFile(self, request, context):
+        """Reads one file out of a sandbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSandboxes(self, request, context):
+        """Lists the caller's sandboxes on every env-manager.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSandbox(self, request, context):
+        """Deletes a sandbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +321,36 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=orchestrator_dot_v1__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=orchestrator_dot_v1__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'CreateSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSandbox,
+                    request_deserializer=orchestrator_dot_v1__pb2.CreateSandboxRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.CreateSandboxResponse.SerializeToString,
+            ),
+            'SandboxExec': grpc.unary_stream_rpc_method_handler(
+                    servicer.SandboxExec,
+                    request_deserializer=orchestrator_dot_v1__pb2.SandboxExecRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.SandboxExecOutput.SerializeToString,
+            ),
+            'PutFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutFile,
+                    request_deserializer=orchestrator_dot_v1__pb2.PutFileRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.PutFileResponse.SerializeToString,
+            ),
+            'GetFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFile,
+                    request_deserializer=orchestrator_dot_v1__pb2.GetFileRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.GetFileResponse.SerializeToString,
+            ),
+            'ListSandboxes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSandboxes,
+                    request_deserializer=orchestrator_dot_v1__pb2.ListSandboxesRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.ListSandboxesResponse.SerializeToString,
+            ),
+            'DeleteSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSandbox,
+                    request_deserializer=orchestrator_dot_v1__pb2.DeleteSandboxRequest.FromString,
+                    response_serializer=orchestrator_dot_v1__pb2.DeleteSandboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -575,6 +678,168 @@ class OrchestratorService:
             '/orchestrator.v1.OrchestratorService/ListWorkflows',
             orchestrator_dot_v1__pb2.ListWorkflowsRequest.SerializeToString,
             orchestrator_dot_v1__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.OrchestratorService/CreateSandbox',
+            orchestrator_dot_v1__pb2.CreateSandboxRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.CreateSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SandboxExec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/orchestrator.v1.OrchestratorService/SandboxExec',
+            orchestrator_dot_v1__pb2.SandboxExecRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.SandboxExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.OrchestratorService/PutFile',
+            orchestrator_dot_v1__pb2.PutFileRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.PutFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.OrchestratorService/GetFile',
+            orchestrator_dot_v1__pb2.GetFileRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.GetFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSandboxes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.OrchestratorService/ListSandboxes',
+            orchestrator_dot_v1__pb2.ListSandboxesRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.ListSandboxesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orchestrator.v1.OrchestratorService/DeleteSandbox',
+            orchestrator_dot_v1__pb2.DeleteSandboxRequest.SerializeToString,
+            orchestrator_dot_v1__pb2.DeleteSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,20 @@ class OrchestratorServiceStub:
     """Lists tasks, newest first, with filters and paging."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_v1_pb2.ListWorkflowsRequest, _v1_pb2.ListWorkflowsResponse]
     """Lists workflows (latest version of each)."""
+    CreateSandbox: _grpc.UnaryUnaryMultiCallable[_v1_pb2.CreateSandboxRequest, _v1_pb2.CreateSandboxResponse]
+    """Sandbox sessions (env_manager.v1's, routed to the env-manager that holds each sandbox).
+    Creates a sandbox on an env-manager and returns its id.
+    """
+    SandboxExec: _grpc.UnaryStreamMultiCallable[_v1_pb2.SandboxExecRequest, _v1_pb2.SandboxExecOutput]
+    """Runs one command in a sandbox; streams its stdout and stderr, then its exit."""
+    PutFile: _grpc.UnaryUnaryMultiCallable[_v1_pb2.PutFileRequest, _v1_pb2.PutFileResponse]
+    """Writes one file into a sandbox."""
+    GetFile: _grpc.UnaryUnaryMultiCallable[_v1_pb2.GetFileRequest, _v1_pb2.GetFileResponse]
+    """Reads one file out of a sandbox."""
+    ListSandboxes: _grpc.UnaryUnaryMultiCallable[_v1_pb2.ListSandboxesRequest, _v1_pb2.ListSandboxesResponse]
+    """Lists the caller's sandboxes on every env-manager."""
+    DeleteSandbox: _grpc.UnaryUnaryMultiCallable[_v1_pb2.DeleteSandboxRequest, _v1_pb2.DeleteSandboxResponse]
+    """Deletes a sandbox."""
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -101,6 +115,20 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """Lists tasks, newest first, with filters and paging."""
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_v1_pb2.ListWorkflowsRequest, _v1_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """Lists workflows (latest version of each)."""
+    CreateSandbox: _aio.UnaryUnaryMultiCallable[_v1_pb2.CreateSandboxRequest, _v1_pb2.CreateSandboxResponse]  # type: ignore[assignment]
+    """Sandbox sessions (env_manager.v1's, routed to the env-manager that holds each sandbox).
+    Creates a sandbox on an env-manager and returns its id.
+    """
+    SandboxExec: _aio.UnaryStreamMultiCallable[_v1_pb2.SandboxExecRequest, _v1_pb2.SandboxExecOutput]  # type: ignore[assignment]
+    """Runs one command in a sandbox; streams its stdout and stderr, then its exit."""
+    PutFile: _aio.UnaryUnaryMultiCallable[_v1_pb2.PutFileRequest, _v1_pb2.PutFileResponse]  # type: ignore[assignment]
+    """Writes one file into a sandbox."""
+    GetFile: _aio.UnaryUnaryMultiCallable[_v1_pb2.GetFileRequest, _v1_pb2.GetFileResponse]  # type: ignore[assignment]
+    """Reads one file out of a sandbox."""
+    ListSandboxes: _aio.UnaryUnaryMultiCallable[_v1_pb2.ListSandboxesRequest, _v1_pb2.ListSandboxesResponse]  # type: ignore[assignment]
+    """Lists the caller's sandboxes on every env-manager."""
+    DeleteSandbox: _aio.UnaryUnaryMultiCallable[_v1_pb2.DeleteSandboxRequest, _v1_pb2.DeleteSandboxResponse]  # type: ignore[assignment]
+    """Deletes a sandbox."""
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The orchestrator, dialled by agents (the Python client) on ORCHESTRATOR_GRPC_ADDR."""
@@ -202,5 +230,55 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_v1_pb2.ListWorkflowsResponse, _abc.Awaitable[_v1_pb2.ListWorkflowsResponse]]:
         """Lists workflows (latest version of each)."""
+
+    @_abc_1.abstractmethod
+    def CreateSandbox(
+        self,
+        request: _v1_pb2.CreateSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_v1_pb2.CreateSandboxResponse, _abc.Awaitable[_v1_pb2.CreateSandboxResponse]]:
+        """Sandbox sessions (env_manager.v1's, routed to the env-manager that holds each sandbox).
+        Creates a sandbox on an env-manager and returns its id.
+        """
+
+    @_abc_1.abstractmethod
+    def SandboxExec(
+        self,
+        request: _v1_pb2.SandboxExecRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_v1_pb2.SandboxExecOutput], _abc.AsyncIterator[_v1_pb2.SandboxExecOutput]]:
+        """Runs one command in a sandbox; streams its stdout and stderr, then its exit."""
+
+    @_abc_1.abstractmethod
+    def PutFile(
+        self,
+        request: _v1_pb2.PutFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_v1_pb2.PutFileResponse, _abc.Awaitable[_v1_pb2.PutFileResponse]]:
+        """Writes one file into a sandbox."""
+
+    @_abc_1.abstractmethod
+    def GetFile(
+        self,
+        request: _v1_pb2.GetFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_v1_pb2.GetFileResponse, _abc.Awaitable[_v1_pb2.GetFileResponse]]:
+        """Reads one file out of a sandbox."""
+
+    @_abc_1.abstractmethod
+    def ListSandboxes(
+        self,
+        request: _v1_pb2.ListSandboxesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_v1_pb2.ListSandboxesResponse, _abc.Awaitable[_v1_pb2.ListSandboxesResponse]]:
+        """Lists the caller's sandboxes on every env-manager."""
+
+    @_abc_1.abstractmethod
+    def DeleteSandbox(
+        self,
+        request: _v1_pb2.DeleteSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_v1_pb2.DeleteSandboxResponse, _abc.Awaitable[_v1_pb2.DeleteSandboxResponse]]:
+        """Deletes a sandbox."""
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -422,8 +422,16 @@ def _safe_overrides(request: Message) -> Message:
     return request
 
 
+def _safe_sandbox(request: Message) -> Message:
+    # A fuzzed CreateSandbox must never start a container: an image no class allows.
+    request.image = f"{ABSENT_IMAGE_PREFIX}-{uuid.uuid4().hex[:8]}:never"  # type: ignore[attr-defined]
+    return request
+
+
 SAFETY: dict[str, Callable[[Message], Message]] = {
     "env_manager.v1.EnvManagerService/ExecuteTask": _safe_execute_task,
+    "env_manager.v1.EnvManagerService/CreateSandbox": _safe_sandbox,
+    "orchestrator.v1.OrchestratorService/CreateSandbox": _safe_sandbox,
     "env_manager.v1.EnvManagerService/StartServices": _safe_overrides,
 }
 

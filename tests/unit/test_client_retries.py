@@ -76,6 +76,25 @@ class FlakyEnvManager(env_manager_pb2_grpc.EnvManagerServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
         yield pb.ImagePullProgress()
 
+    async def CreateSandbox(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+
+    async def SandboxExec(self, request: Any, context: Any) -> AsyncIterator[pb.SandboxExecOutput]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+        yield pb.SandboxExecOutput()
+
+    async def PutFile(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+
+    async def GetFile(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+
+    async def ListSandboxes(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+
+    async def DeleteSandbox(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+
 
 async def serve(servicer: FlakyEnvManager) -> tuple[Any, str]:
     server = grpc.aio.server()

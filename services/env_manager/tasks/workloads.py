@@ -68,6 +68,40 @@ class Handler(Section):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+class SandboxLimits(Section):
+    """`[workload_classes.NAME.sandbox]`: the class's sandbox sessions (sandboxes/)."""
+
+    # Sandboxes of the class at once on this env-manager; 0 refuses CreateSandbox for it.
+    max_sandboxes: int = Field(4, ge=0, le=1024)
+    default_ttl: Duration = Field(3600.0, gt=0, description="lifetime when none is asked")
+    max_ttl: Duration = Field(86400.0, gt=0)
+    default_idle_timeout: Duration = Field(600.0, gt=0,
+                                           description="deleted after this long unused")
+    max_idle_timeout: Duration = Field(3600.0, gt=0)
+    # Per exec and stream; the rest is drained and dropped (the exit says truncated).
+    output_limit_bytes: int = Field(MIB, ge=0, le=64 * MIB)
+    # PutFile content and GetFile answers; both travel in one gRPC message.
+    max_file_bytes: int = Field(MIB, ge=1, le=3 * MIB)
+    # The sandbox's working directory (0700, owned by the class's user); PutFile and GetFile
+    # paths stay inside it.
+    workdir: str = "/sandbox"
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.max_ttl < self.default_ttl:
+            raise ValueError(f"max_ttl ({self.max_ttl:g} s) is below default_ttl "
+                             f"({self.default_ttl:g} s)")
+        if self.max_idle_timeout < self.default_idle_timeout:
+            raise ValueError(f"max_idle_timeout ({self.max_idle_timeout:g} s) is below "
+                             f"default_idle_timeout ({self.default_idle_timeout:g} s)")
+        target = self.workdir
+        if (not target.startswith("/") or target == "/" or "\0" in target or ":" in target
+                or posixpath.normpath(target) != target):
+            raise ValueError(f"workdir must be an absolute, normalised container path other "
+                             f"than /; got {target!r:.200}")
+        return self
+
+
 class WorkloadClass(Section):
     image: str = Field(DEFAULT_IMAGE, min_length=1,
                        description="image used when the payload names none")
@@ -103,6 +137,7 @@ class WorkloadClass(Section):
     warm: int = Field(0, ge=0, le=MAX_WARM)
     # An idle warm container older than this is replaced by a fresh one.
     warm_max_age: Duration = Field(DEFAULT_WARM_MAX_AGE, ge=1.0, le=86400.0)
+    sandbox: SandboxLimits = SandboxLimits()
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,267 @@
+"""Sandbox sessions: the registry of live sandboxes, their limits, reaping and re-adoption.
+
+- CreateSandbox makes a container of the class (sandboxes/provision.py) and returns an
+  unguessable id. At most `sandbox.max_sandboxes` per class live at once (RESOURCE_EXHAUSTED
+  beyond). TTL and idle timeout default to the class's and are capped at its maxima.
+- Only the creator uses a sandbox: its owner is the hash of the caller's token hash and the
+  `on_behalf_of` it vouches for. Anyone else, like an unknown, deleted or reaped id, gets
+  NOT_FOUND (which does not tell them the sandbox exists).
+- A reaper deletes sandboxes past their TTL, or idle (no call, no exec running) past their idle
+  timeout, logging `sandbox_reaped` with the reason.
+- Delete removes the container with its filesystem (and anonymous volumes): nothing persists.
+- Daemon shutdown leaves sandboxes running. A new env-manager process re-adopts every running
+  sandbox container of its stack from the container's labels (TTL kept; idle time counted
+  from the adoption), and removes ("reaps") any that is stopped, expired or unreadable; logged
+  as `sandbox_adopted` / `sandbox_reaped` (reason `restart`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Mapping
+
+from agent_infra.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from agent_infra.runtime.logs import get_logger
+
+from .. import labels
+from ..docker import containers
+from ..docker.engine import DockerEngine
+from ..tasks.container import remove
+from ..tasks.payload import check_class
+from ..tasks.workloads import WorkloadClass
+from . import execs, files
+from .model import (
+    KIND_SANDBOX,
+    MAX_STDIN_BYTES,
+    Sandbox,
+    check_command,
+    check_env,
+    check_id,
+    check_workdir,
+    key_of,
+    new_id,
+    sandbox_path,
+)
+from .provision import provision
+
+log = get_logger("sandboxes")
+
+REAP_INTERVAL = 0.5
+MAX_EXECS_PER_SANDBOX = 16
+
+
+class SandboxManager:
+    def __init__(self, engine: DockerEngine, stack: str,
+                 classes: Mapping[str, WorkloadClass]) -> None:
+        self.engine = engine
+        self.stack = stack
+        self.classes = dict(classes)
+        self._sandboxes: dict[str, Sandbox] = {}  # by key_of(id)
+        self._creating: dict[str, int] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def adopt(self) -> None:
+        """Take over the sandboxes an earlier process left (see the module docstring); start
+        the reaper."""
+        filters = labels.label_filter(**{labels.STACK: self.stack, labels.KIND: KIND_SANDBOX})
+        found = await containers.list_containers(self.engine, filters,
+                                                 what="list sandbox containers")
+        now = time.time()
+        for listed in found:
+            try:
+                info = await containers.inspect(self.engine, listed.id)
+            except NotFound:
+                continue
+            sandbox = Sandbox.from_container(info)
+            running = bool((info.get("State") or {}).get("Running"))
+            if sandbox is None or not running or now >= sandbox.expires_at:
+                reason = "unreadable" if sandbox is None else (
+                    "stopped" if not running else "ttl")
+                await remove(self.engine, listed.id)
+                log.info("sandbox_reaped", container_id=listed.id[:12], reason="restart",
+                         detail=reason)
+                continue
+            if sandbox.key in self._sandboxes:
+                continue
+            self._sandboxes[sandbox.key] = sandbox
+            log.info("sandbox_adopted", container_id=listed.id[:12],
+                     workload_class=sandbox.workload_class)
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        """Stop the reaper; the sandboxes stay for the next process."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+            self._reaper = None
+
+    def reconfigure(self, classes: Mapping[str, WorkloadClass]) -> None:
+        """New sandboxes take the new classes; live ones keep what they were made with."""
+        self.classes = dict(classes)
+
+    # -- the RPCs ------------------------------------------------------------------------------
+
+    async def create(self, workload_class: str, image: str, env: Mapping[str, str],
+                     ttl_seconds: int, idle_timeout_seconds: int, owner: str) -> Sandbox:
+        workload = check_class(workload_class, self.classes)
+        limits = workload.sandbox
+        if image and image not in workload.allowed_images:
+            raise InvalidArgument(
+                f"image {image!r:.200} is not allowed for workload_class {workload_class!r}; "
+                f"allowed: {', '.join(workload.allowed_images)}")
+        ttl = _duration("ttl_seconds", ttl_seconds, limits.default_ttl, limits.max_ttl)
+        idle = _duration("idle_timeout_seconds", idle_timeout_seconds,
+                         limits.default_idle_timeout, limits.max_idle_timeout)
+        env = {**workload.env, **check_env(env, "env")}
+        live = self._count(workload_class) + self._creating.get(workload_class, 0)
+        if live >= limits.max_sandboxes:
+            raise ResourceExhausted(
+                f"workload_class {workload_class!r} has {live} sandboxes, its limit "
+                f"(sandbox.max_sandboxes = {limits.max_sandboxes}); delete one first")
+        now = time.time()
+        sandbox = Sandbox(sandbox_id=new_id(), owner=owner, workload_class=workload_class,
+                          image=image or workload.image, container_id="", created_at=now,
+                          expires_at=now + ttl, idle_timeout=idle, env=env,
+                          workdir=limits.workdir, user=workload.user)
+        self._creating[workload_class] = self._creating.get(workload_class, 0) + 1
+        try:
+            sandbox.container_id = await provision(self.engine, self.stack, workload, sandbox)
+        finally:
+            self._creating[workload_class] -= 1
+        sandbox.touch()
+        self._sandboxes[sandbox.key] = sandbox
+        log.info("sandbox_created", container_id=sandbox.container_id[:12],
+                 workload_class=workload_class, ttl_s=ttl, idle_timeout_s=idle)
+        return sandbox
+
+    def get(self, sandbox_id: str, owner: str) -> Sandbox:
+        """The caller's sandbox; NotFound for an unknown id or another caller's sandbox."""
+        found = self._sandboxes.get(key_of(check_id(sandbox_id)))
+        if found is None or found.deleted or not hmac.compare_digest(found.owner, owner):
+            raise NotFound("sandbox_id: no such sandbox (unknown, deleted, expired, or not "
+                           "the caller's)")
+        found.touch()
+        return found
+
+    def owned(self, owner: str, workload_class: str = "") -> list[Sandbox]:
+        if workload_class and workload_class not in self.classes:
+            raise InvalidArgument(f"workload_class {workload_class!r:.80} is unknown; known "
+                                  f"classes: {', '.join(sorted(self.classes))}")
+        return sorted((s for s in self._sandboxes.values()
+                       if hmac.compare_digest(s.owner, owner) and not s.deleted
+                       and (not workload_class or s.workload_class == workload_class)),
+                      key=lambda s: s.created_at)
+
+    async def exec(self, sandbox_id: str, owner: str, command: list[str], stdin: bytes,
+                   env: Mapping[str, str], timeout_seconds: int,
+                   workdir: str) -> AsyncIterator[execs.Chunk | execs.Exit]:
+        sandbox = self.get(sandbox_id, owner)
+        check_command(command)
+        extra = check_env(env, "env")
+        where = check_workdir(workdir, sandbox.workdir)
+        if len(stdin) > MAX_STDIN_BYTES:
+            raise InvalidArgument(f"stdin is {len(stdin)} bytes, over the limit of "
+                                  f"{MAX_STDIN_BYTES}")
+        if timeout_seconds < 0:
+            raise InvalidArgument(f"timeout_seconds must be 0 (class default) or positive; "
+                                  f"got {timeout_seconds}")
+        workload = self.classes.get(sandbox.workload_class)
+        default, most = ((workload.default_timeout, workload.max_timeout) if workload
+                         else (300.0, 3600.0))
+        timeout = min(float(timeout_seconds) if timeout_seconds else default, most)
+        limit = workload.sandbox.output_limit_bytes if workload else 1024 * 1024
+        if sandbox.running_execs >= MAX_EXECS_PER_SANDBOX:
+            raise ResourceExhausted(f"the sandbox runs {sandbox.running_execs} commands, the "
+                                    f"most it may at once")
+        sandbox.running_execs += 1
+        try:
+            async for item in execs.run(self.engine, sandbox.container_id, command,
+                                        env=extra, workdir=where, user=sandbox.user,
+                                        stdin=stdin or None, timeout=timeout,
+                                        output_limit=limit):
+                yield item
+        except FailedPrecondition:
+            raise FailedPrecondition("sandbox_id: the sandbox's container is not running "
+                                     "(stopped from outside, or being deleted)") from None
+        finally:
+            sandbox.running_execs -= 1
+            sandbox.touch()
+
+    async def put_file(self, sandbox_id: str, owner: str, path: str, content: bytes,
+                       mode: int) -> tuple[str, int]:
+        sandbox = self.get(sandbox_id, owner)
+        full = sandbox_path(path, sandbox.workdir)
+        limit = self._file_limit(sandbox)
+        if len(content) > limit:
+            raise InvalidArgument(f"content is {len(content)} bytes, over the limit of {limit} "
+                                  "(sandbox.max_file_bytes)")
+        if not 0 <= mode <= 0o7777:
+            raise InvalidArgument(f"mode must be permission bits 0-07777 (0: 0644); got {mode}")
+        await files.put(self.engine, sandbox.container_id, sandbox.user, sandbox.workdir, full,
+                        content, (mode or 0o644) & 0o777)
+        sandbox.touch()
+        return full, len(content)
+
+    async def get_file(self, sandbox_id: str, owner: str, path: str) -> tuple[str, bytes]:
+        sandbox = self.get(sandbox_id, owner)
+        full = sandbox_path(path, sandbox.workdir)
+        data = await files.get(self.engine, sandbox.container_id, sandbox.user,
+                               sandbox.workdir, full, self._file_limit(sandbox))
+        sandbox.touch()
+        return full, data
+
+    async def delete(self, sandbox_id: str, owner: str) -> None:
+        sandbox = self.get(sandbox_id, owner)
+        await self._delete(sandbox, "deleted")
+
+    # -- inside --------------------------------------------------------------------------------
+
+    def _count(self, workload_class: str) -> int:
+        return sum(s.workload_class == workload_class and not s.deleted
+                   for s in self._sandboxes.values())
+
+    def _file_limit(self, sandbox: Sandbox) -> int:
+        workload = self.classes.get(sandbox.workload_class)
+        return workload.sandbox.max_file_bytes if workload else 1024 * 1024
+
+    async def _delete(self, sandbox: Sandbox, reason: str) -> None:
+        sandbox.deleted = True
+        try:
+            await remove(self.engine, sandbox.container_id)
+        except BaseException:
+            sandbox.deleted = False  # still there: a later delete or the reaper tries again
+            raise
+        self._sandboxes.pop(sandbox.key, None)
+        event = "sandbox_deleted" if reason == "deleted" else "sandbox_reaped"
+        log.info(event, container_id=sandbox.container_id[:12],
+                 workload_class=sandbox.workload_class, reason=reason,
+                 age_s=round(time.time() - sandbox.created_at, 1))
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            now = time.time()
+            for sandbox in list(self._sandboxes.values()):
+                reason = sandbox.reap_reason(now)
+                if reason and not sandbox.deleted:
+                    with contextlib.suppress(Exception):  # the engine is down: next round
+                        await self._delete(sandbox, reason)
+
+
+def _duration(name: str, asked: int, default: float, most: float) -> float:
+    if asked < 0:
+        raise InvalidArgument(f"{name} must be 0 (class default) or positive; got {asked}")
+    if asked > most:
+        raise InvalidArgument(f"{name} {asked} is over the class's maximum of {most:g} s")
+    return float(asked) if asked else default

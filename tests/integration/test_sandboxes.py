@@ -1,0 +1,265 @@
+"""Sandbox sessions at env-manager (issue 13): a real daemon, real containers of local/busybox.
+
+Files and processes persist between execs and vanish with the sandbox; TTL and idle reaping;
+another caller's token cannot use a sandbox; hostile PutFile/GetFile paths are refused; kill -9
+of env-manager with a live sandbox, then a restart, re-adopts it (and reaps an expired one), as
+docs/sandboxes.md says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiodocker
+import grpc
+import pytest
+from agent_infra.wire import env_manager_pb2 as pb
+from agent_infra.wire import env_manager_pb2_grpc
+
+from tests.daemon_support import eventually, log_records, start_daemon
+from tests.docker_support import TEST_IMAGE, require_docker
+from tests.env_support import remove_stack_containers, rpc_error, stack_name
+
+pytestmark = pytest.mark.docker
+
+OWNER = (("authorization", "Bearer owner-token"),)
+OTHER = (("authorization", "Bearer another-token"),)
+
+
+def config(stack: str) -> str:
+    return (f'[stack]\nname = "{stack}"\n'
+            f'[workload_classes.cpu_short]\nimage = "{TEST_IMAGE}"\nconcurrency = 2\n'
+            'default_timeout = 30\n'
+            '[workload_classes.cpu_short.sandbox]\nmax_sandboxes = 3\n'
+            'default_ttl = 300\nmax_ttl = 600\n'
+            'max_file_bytes = 65536\noutput_limit_bytes = 100000\n')
+
+
+class Env:
+    def __init__(self, tmp_path: Path, stack: str) -> None:
+        self.tmp_path = tmp_path
+        self.stack = stack
+        self.config = tmp_path / f"{stack}.toml"
+        self.config.write_text(config(stack))
+
+    async def start(self) -> None:
+        self.daemon = await start_daemon(
+            "env-manager", self.tmp_path,
+            args=["--config", str(self.config), "--state-dir", str(self.tmp_path / "state")])
+        self.stub = env_manager_pb2_grpc.EnvManagerServiceStub(self.daemon.channel())
+
+    async def create(self, metadata: tuple[tuple[str, str], ...] = OWNER,
+                     **fields: object) -> str:
+        request = pb.CreateSandboxRequest(workload_class="cpu_short", **fields)  # type: ignore[arg-type]
+        answer = await self.stub.CreateSandbox(request, metadata=metadata, timeout=60)
+        assert answer.sandbox.workload_class == "cpu_short" and answer.sandbox.expires_at > 0
+        return str(answer.sandbox_id)
+
+    async def run(self, sandbox_id: str, *command: str, stdin: bytes = b"",
+                  timeout_seconds: int = 0, metadata: tuple[tuple[str, str], ...] = OWNER,
+                  env: dict[str, str] | None = None) -> tuple[pb.SandboxExecOutput, str, str]:
+        call = self.stub.SandboxExec(pb.SandboxExecRequest(
+            sandbox_id=sandbox_id, command=command, stdin=stdin, env=env or {},
+            timeout_seconds=timeout_seconds), metadata=metadata, timeout=60)
+        out, err, last = bytearray(), bytearray(), None
+        async for item in call:
+            if item.exited:
+                last = item
+            else:
+                (out if item.stream == "stdout" else err).extend(item.data)
+        assert last is not None
+        return last, out.decode(), err.decode()
+
+    async def sh(self, sandbox_id: str, line: str, **kw: object) -> tuple[int, str]:
+        last, out, _ = await self.run(sandbox_id, "sh", "-c", line, **kw)  # type: ignore[arg-type]
+        return last.exit_code, out
+
+    async def listed(self, metadata: tuple[tuple[str, str], ...] = OWNER) -> set[str]:
+        answer = await self.stub.ListSandboxes(pb.ListSandboxesRequest(), metadata=metadata,
+                                               timeout=30)
+        return {s.sandbox_id for s in answer.sandboxes}
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    await (await require_docker()).close()
+    found = Env(tmp_path, stack_name())
+    await found.start()
+    try:
+        yield found
+    finally:
+        if found.daemon.process.returncode is None:
+            await found.daemon.stop()
+        found.daemon.notify.close()
+        await remove_stack_containers(found.stack)
+
+
+async def container_exists(stack: str) -> int:
+    async with aiodocker.Docker() as docker:
+        return len(await docker.containers.list(
+            all=True, filters={"label": [f"org.agent-infra.stack={stack}",
+                                         "org.agent-infra.kind=sandbox"]}))
+
+
+async def test_files_and_processes_persist_then_vanish_on_delete(env: Env) -> None:
+    sid = await env.create(env={"GREETING": "hello"})
+    put = await env.stub.PutFile(pb.PutFileRequest(sandbox_id=sid, path="in/data.txt",
+                                                   content=b"line\x00bin\n"), metadata=OWNER,
+                                 timeout=30)
+    assert put.path == "/sandbox/in/data.txt" and put.size_bytes == 9
+    # The class's user, its working directory, the sandbox's env, stdin, both streams, exit code.
+    last, out, err = await env.run(
+        sid, "sh", "-c", 'id -u; pwd; echo "$GREETING $EXTRA"; cat; echo oops >&2; '
+        'wc -c < in/data.txt; echo made > out.txt; sleep 300 >/dev/null 2>&1 </dev/null & exit 3',
+        stdin=b"from stdin\n", env={"EXTRA": "there"})
+    assert (last.exit_code, last.timed_out, last.truncated) == (3, False, False)
+    assert out == "65534\n/sandbox\nhello there\nfrom stdin\n9\n" and err == "oops\n"
+    # Files and processes are still there for the next command.
+    code, out = await env.sh(sid, "cat out.txt; ps -o args | grep -c '^sleep 300'")
+    assert (code, out) == (0, "made\n1\n")
+    got = await env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path="/sandbox/out.txt"),
+                                 metadata=OWNER, timeout=30)
+    assert got.content == b"made\n" and got.size_bytes == 5
+    got = await env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path="in/data.txt"),
+                                 metadata=OWNER, timeout=30)
+    assert got.content == b"line\x00bin\n"
+    # Output over the limit is cut and said so; a command over its timeout is killed, with
+    # what it started.
+    last, out, _ = await env.run(sid, "sh", "-c", "head -c 300000 /dev/zero")
+    assert last.truncated and len(out) == 100000 and last.exit_code == 0
+    last, _, _ = await env.run(sid, "sh", "-c", "sleep 120 & sleep 121", timeout_seconds=1)
+    assert last.timed_out
+    code, out = await env.sh(sid, "ps -o args | grep -c '^sleep 12' || true")
+    assert out == "0\n"
+    assert await env.listed() == {sid}
+    await env.stub.DeleteSandbox(pb.DeleteSandboxRequest(sandbox_id=sid), metadata=OWNER,
+                                 timeout=60)
+    assert await container_exists(env.stack) == 0
+    error = await rpc_error(env.run(sid, "true"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert await env.listed() == set()
+    # A new sandbox starts empty.
+    fresh = await env.create()
+    assert await env.sh(fresh, "ls -A") == (0, "")
+
+
+async def test_another_token_cannot_use_a_sandbox_and_bad_input_is_named(env: Env) -> None:
+    sid = await env.create()
+    for call in (env.run(sid, "true", metadata=OTHER), env.run(sid, "true", metadata=()),
+                 env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path="x"),
+                                  metadata=OTHER, timeout=30),
+                 env.stub.DeleteSandbox(pb.DeleteSandboxRequest(sandbox_id=sid),
+                                        metadata=OTHER, timeout=30),
+                 env.stub.DeleteSandbox(pb.DeleteSandboxRequest(sandbox_id=sid,
+                                                                on_behalf_of="mallory"),
+                                        metadata=OWNER, timeout=30)):
+        error = await rpc_error(call)
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+    assert await env.listed(OTHER) == set() and await env.listed() == {sid}
+    bad: list[tuple[object, str]] = [
+        (env.stub.CreateSandbox(pb.CreateSandboxRequest(workload_class="nope"), timeout=30),
+         "workload_class"),
+        (env.stub.CreateSandbox(pb.CreateSandboxRequest(workload_class="cpu_short",
+                                                        ttl_seconds=100000), timeout=30),
+         "ttl_seconds"),
+        (env.stub.CreateSandbox(pb.CreateSandboxRequest(workload_class="cpu_short",
+                                                        idle_timeout_seconds=-1), timeout=30),
+         "idle_timeout_seconds"),
+        (env.stub.CreateSandbox(pb.CreateSandboxRequest(workload_class="cpu_short",
+                                                        image="evil:latest"), timeout=30),
+         "image"),
+        (env.stub.CreateSandbox(pb.CreateSandboxRequest(workload_class="cpu_short",
+                                                        env={"A=B": "x"}), timeout=30), "env"),
+        (env.run("short", "true"), "sandbox_id"),
+        (env.run(sid), "command"),
+        (env.run(sid, "true", timeout_seconds=-5), "timeout_seconds"),
+        (env.stub.PutFile(pb.PutFileRequest(sandbox_id=sid, path="big", content=b"x" * 70000),
+                          metadata=OWNER, timeout=30), "content"),
+    ]
+    for call, named in bad:
+        error = await rpc_error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (named, error.details())
+        assert named in (error.details() or ""), (named, error.details())
+    error = await rpc_error(env.run("A" * 32, "true"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    # The class's limit: 3 sandboxes.
+    await env.create(metadata=OTHER)
+    await env.create(metadata=OTHER)
+    error = await rpc_error(env.create())
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_sandboxes" in (error.details() or "")
+
+
+async def test_hostile_paths_are_refused(env: Env) -> None:
+    sid = await env.create()
+    code, _ = await env.sh(sid, "ln -s /etc etc-link; ln -s /etc/passwd pw; "
+                                "ln -s /sandbox/real.txt inside; echo ok > real.txt; "
+                                "mkdir sub; ln -s .. sub/up")
+    assert code == 0
+    for path in ("../etc/passwd", "/etc/passwd", "a/../../etc/passwd", "/sandbox", "",
+                 "/sandbox/../etc/passwd", "x\x00y", "/sandboxed/x", "etc-link/passwd", "pw",
+                 "sub/up/../etc/passwd", "sub/up/etc-link/group"):
+        for call in (env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path=path),
+                                      metadata=OWNER, timeout=30),
+                     env.stub.PutFile(pb.PutFileRequest(sandbox_id=sid, path=path,
+                                                        content=b"pwned"),
+                                      metadata=OWNER, timeout=30)):
+            error = await rpc_error(call)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, error.details())
+            assert "path" in (error.details() or "")
+    # Nothing outside was written; a symlink that stays inside is read through.
+    assert await env.sh(sid, "cat /etc/passwd | grep -c pwned || true") == (0, "0\n")
+    got = await env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path="inside"),
+                                 metadata=OWNER, timeout=30)
+    assert got.content == b"ok\n"
+    error = await rpc_error(env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path="nothing"),
+                                             metadata=OWNER, timeout=30))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    await env.sh(sid, "head -c 70000 /dev/zero > big")
+    error = await rpc_error(env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path="big"),
+                                             metadata=OWNER, timeout=30))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_ttl_and_idle_sandboxes_are_reaped(env: Env) -> None:
+    by_ttl = await env.create(ttl_seconds=2, idle_timeout_seconds=60)
+    by_idle = await env.create(ttl_seconds=60, idle_timeout_seconds=1)
+    kept = await env.create(ttl_seconds=60, idle_timeout_seconds=60)
+
+    async def only_kept() -> bool:
+        return await env.listed() == {kept} and await container_exists(env.stack) == 1
+
+    await eventually(only_kept, "the TTL and idle sandboxes reaped", timeout=30)
+    reaped = {r.get("reason") for r in log_records(env.daemon.log_text())
+              if r.get("event") == "sandbox_reaped"}
+    assert reaped == {"ttl", "idle"}
+    for gone in (by_ttl, by_idle):
+        assert (await rpc_error(env.run(gone, "true"))).code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_kill_9_then_restart_readopts_live_sandboxes_and_reaps_expired(env: Env) -> None:
+    live = await env.create(ttl_seconds=300)
+    short = await env.create(ttl_seconds=2)
+    await env.sh(live, "echo kept > state.txt")
+    env.daemon.process.kill()  # SIGKILL: no shutdown at all
+    await env.daemon.wait_exit()
+    env.daemon.notify.close()
+    await asyncio.sleep(2.5)  # the short one's TTL passes while no env-manager runs
+    await env.start()
+
+    async def adopted() -> bool:
+        return await env.listed() == {live}
+
+    await eventually(adopted, "the live sandbox re-adopted", timeout=30)
+    assert await env.sh(live, "cat state.txt") == (0, "kept\n")
+    assert (await rpc_error(env.run(short, "true"))).code() == grpc.StatusCode.NOT_FOUND
+    assert (await rpc_error(env.run(live, "true", metadata=OTHER))).code() == \
+        grpc.StatusCode.NOT_FOUND
+    assert await container_exists(env.stack) == 1
+    env.daemon.signal(signal.SIGTERM)
+    await env.daemon.wait_exit()
+    # A graceful stop leaves sandboxes to the next process too.
+    assert await container_exists(env.stack) == 1
