@@ -50,6 +50,10 @@ from .orchestrator_models import TaskSummary as TaskSummary
 from .orchestrator_models import WorkflowCreated as WorkflowCreated
 from .orchestrator_models import WorkflowStatus as WorkflowStatus
 from .orchestrator_models import WorkflowSummary as WorkflowSummary
+from .sandbox import ExecChunk as ExecChunk
+from .sandbox import ExecResult as ExecResult
+from .sandbox import Sandbox as Sandbox
+from .sandbox import SandboxInfo as SandboxInfo
 from .shared import ensure_infra as ensure_infra
 from .shared import ensure_infra_sync as ensure_infra_sync
 from .shared import shutdown_infra as shutdown_infra

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import cli_console, cli_services, cli_tasks, cli_workflows
+from . import cli_console, cli_sandbox, cli_services, cli_tasks, cli_workflows
 from .cli_common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
@@ -46,6 +46,7 @@ examples:
   agent-infra events -f --since 10m
   agent-infra workflow run etl --input url=https://example.org --watch
   agent-infra console --open
+  agent-infra sandbox exec "$(agent-infra sandbox create)" -- sh -c 'echo hi'
   agent-infra down
 
 exit codes: 0 ok, 1 task or operation failed, 2 usage error, 3 infrastructure unreachable.
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_tasks.register(subparsers)
     cli_workflows.register(subparsers)
     cli_console.register(subparsers)
+    cli_sandbox.register(subparsers)
     return parser
 
 

@@ -22,7 +22,7 @@ from agent_infra.wire import env_manager_pb2 as pb
 from agent_infra.wire import env_manager_pb2_grpc
 
 from . import _env_manager_wire as wire
-from ._base import ServiceClient, names_tuple
+from ._base import names_tuple
 from ._payload import encode_payload
 from ._transport import ServiceTarget
 from .env_manager_models import (
@@ -36,6 +36,7 @@ from .env_manager_models import (
     StopServicesResult,
     TaskExecution,
 )
+from .sandbox import SandboxCalls
 
 __all__ = ["ENV_MANAGER", "EnvManagerClient"]
 
@@ -54,11 +55,12 @@ ENV_MANAGER = ServiceTarget(
     address_env="ENV_MANAGER_GRPC_ADDR",
     default_address="127.0.0.1:50100",
     retryable_methods=("GetServicesStatus", "GetResourceAvailability", "StreamHealth",
-                       "StreamLogs", "PullImages", "StopServices", "ExecuteTask", "CancelTask"),
+                       "StreamLogs", "PullImages", "StopServices", "ExecuteTask", "CancelTask",
+                       "ListSandboxes", "GetFile"),
 )
 
 
-class EnvManagerClient(ServiceClient):
+class EnvManagerClient(SandboxCalls):
     """Client for env-manager: the service stack, task containers and host capacity.
 
     Args:
@@ -72,6 +74,8 @@ class EnvManagerClient(ServiceClient):
     """
 
     _target = ENV_MANAGER
+    _sandbox_pb = pb
+    _class_field = "workload_class"
 
     def _make_stub(self, channel: Any) -> Any:
         return env_manager_pb2_grpc.EnvManagerServiceStub(channel)

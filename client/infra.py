@@ -47,6 +47,7 @@ TypeError. Differences, on purpose:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from dataclasses import replace
@@ -70,6 +71,7 @@ from .orchestrator_models import (
     WorkflowCreated,
     WorkflowStatus,
 )
+from .sandbox import Sandbox
 
 __all__ = ["AgentInfra", "InfraStarter", "LocalDaemon"]
 
@@ -397,6 +399,25 @@ class AgentInfra:
             workflow_id=workflow_id or "", timeout_seconds=timeout_seconds,
             max_attempts=max_attempts)
         return await self._orchestrator.wait_for_task(submitted.task_id, timeout=timeout)
+
+    def sandbox(self, task_class: str = "cpu_short", *, image: str = "",
+                env: Mapping[str, str] | None = None, ttl_seconds: int = 0,
+                idle_timeout_seconds: int = 0) -> contextlib.AbstractAsyncContextManager[Sandbox]:
+        """A sandbox session (through the orchestrator), deleted when the block ends::
+
+            async with infra.sandbox("cpu_short") as sb:
+                r = await sb.run("python -c 'print(1)'")   # r.exit_code, r.stdout, r.stderr
+                await sb.put_file("data.txt", "x")
+                data = await sb.get_file("data.txt")
+
+        0 for ttl/idle means the class's default; see `agent_infra.client.sandbox`."""
+        return self._orchestrator.sandbox(task_class, image=image, env=env,
+                                          ttl_seconds=ttl_seconds,
+                                          idle_timeout_seconds=idle_timeout_seconds)
+
+    async def create_sandbox(self, task_class: str = "cpu_short", **options: Any) -> Sandbox:
+        """A sandbox that lives on after this call (delete() it, or let its TTL end it)."""
+        return await self._orchestrator.create_sandbox(task_class, **options)
 
     async def cancel_task(self, task_id: str) -> CancelResult:
         """Cancel a pending or running task; see `OrchestratorClient.cancel_task`."""

@@ -41,7 +41,7 @@ from agent_infra.wire import orchestrator_pb2 as pb
 from agent_infra.wire import orchestrator_pb2_grpc
 
 from . import _orchestrator_wire as wire
-from ._base import ServiceClient, names_tuple
+from ._base import names_tuple
 from ._payload import encode_payload
 from ._transport import ConnectionConfig, ServiceTarget
 from .errors import Cancelled, InfraError, InfraUnavailable
@@ -60,6 +60,7 @@ from .orchestrator_models import (
     WorkflowStatus,
     WorkflowSummary,
 )
+from .sandbox import SandboxCalls
 
 __all__ = ["ORCHESTRATOR", "OrchestratorClient", "new_idempotency_key", "new_task_id",
            "orchestrator_client", "reconnect_backoff"]
@@ -74,7 +75,8 @@ ORCHESTRATOR = ServiceTarget(
     default_address="127.0.0.1:50052",
     retryable_methods=("GetTaskStatus", "StreamTaskResults", "GetMetrics", "StreamEvents",
                        "Health", "ListTasks", "ListWorkflows", "StreamWorkflowStatus",
-                       "CancelTask", "SubmitTask", "CreateWorkflow", "StartWorkflowRun"),
+                       "CancelTask", "SubmitTask", "CreateWorkflow", "StartWorkflowRun",
+                       "ListSandboxes", "GetFile"),
 )
 
 #: How long wait_for_task keeps reconnecting to an orchestrator that went away before giving up.
@@ -107,7 +109,7 @@ def new_idempotency_key() -> str:
     return f"key-{uuid.uuid4().hex}"
 
 
-class OrchestratorClient(ServiceClient):
+class OrchestratorClient(SandboxCalls):
     """Client for the orchestrator: tasks, workflows, metrics and events.
 
     Args:
@@ -121,6 +123,8 @@ class OrchestratorClient(ServiceClient):
     """
 
     _target = ORCHESTRATOR
+    _sandbox_pb = pb
+    _class_field = "task_class"
 
     def __init__(self, address: str | None = None, *,
                  config: ConnectionConfig | None = None) -> None:

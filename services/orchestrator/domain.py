@@ -26,9 +26,10 @@ from . import tasks_repo
 from .compat import queue_summary
 from .events import EventHub
 from .executors.protocol import Executor
-from .executors.routing import build_executor, reload_slurm
+from .executors.routing import build_executor, env_manager_executor, reload_slurm
 from .metrics import OrchestratorMetrics
 from .model import Task, TaskState
+from .sandboxes import SandboxRouter
 from .scheduler import Scheduler
 from .settings import OrchestratorSettings
 from .store import Store
@@ -105,6 +106,8 @@ class Orchestrator:
         self.workflows = WorkflowEngine(store, self.scheduler, set(settings.classes))
         self.workflows.training_command = tuple(settings.slurm.training_command)
         self.workflows.payload_check = getattr(executor, "check_payload", None)
+        env_managers = env_manager_executor(executor)
+        self.sandboxes = SandboxRouter(env_managers.clients if env_managers else [])
         self._background: list[asyncio.Task[None]] = []
         self._result_streams: set[_ResultBuffer] = set()
 

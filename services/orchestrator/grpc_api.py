@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from agent_infra.client.sandbox import ExecResult, SandboxInfo
 from agent_infra.runtime.errors import InvalidArgument
 from agent_infra.wire import orchestrator_pb2 as pb
 from agent_infra.wire import orchestrator_pb2_grpc
@@ -18,6 +19,7 @@ from agent_infra.wire import orchestrator_pb2_grpc
 from . import compat
 from .domain import Orchestrator
 from .model import Task, TaskRequest, TaskState
+from .sandboxes import SandboxRouter, caller_identity
 from .workflows.records import Run
 
 Context = Any  # grpc.aio.ServicerContext; grpc is untyped
@@ -74,6 +76,50 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 submitted_at=int(t.submitted_at), completed_at=int(t.finished_at),
                 error=t.error) for t in page.tasks],
             next_page_token=page.next_page_token)
+
+    # -- sandbox sessions (sandboxes.py) -------------------------------------------------------
+
+    @property
+    def _sandboxes(self) -> SandboxRouter:
+        return self._get().sandboxes
+
+    async def CreateSandbox(self, request: pb.CreateSandboxRequest, context: Context
+                            ) -> pb.CreateSandboxResponse:
+        info = await self._sandboxes.create(
+            request.task_class, request.image, dict(request.env), request.ttl_seconds,
+            request.idle_timeout_seconds, _caller(context))
+        return pb.CreateSandboxResponse(sandbox_id=info.sandbox_id, sandbox=_sandbox_info(info))
+
+    async def SandboxExec(self, request: pb.SandboxExecRequest, context: Context
+                          ) -> AsyncIterator[pb.SandboxExecOutput]:
+        async for item in self._sandboxes.exec(
+                request.sandbox_id, _caller(context), list(request.command), request.stdin,
+                dict(request.env), request.timeout_seconds, request.workdir):
+            if isinstance(item, ExecResult):
+                yield pb.SandboxExecOutput(exited=True, exit_code=item.exit_code,
+                                           timed_out=item.timed_out, truncated=item.truncated,
+                                           duration_ms=item.duration_ms)
+            else:
+                yield pb.SandboxExecOutput(stream=item.stream, data=item.data)
+
+    async def PutFile(self, request: pb.PutFileRequest, context: Context) -> pb.PutFileResponse:
+        path = await self._sandboxes.put_file(request.sandbox_id, _caller(context), request.path,
+                                              request.content, request.mode)
+        return pb.PutFileResponse(path=path, size_bytes=len(request.content))
+
+    async def GetFile(self, request: pb.GetFileRequest, context: Context) -> pb.GetFileResponse:
+        data = await self._sandboxes.get_file(request.sandbox_id, _caller(context), request.path)
+        return pb.GetFileResponse(path=request.path, content=data, size_bytes=len(data))
+
+    async def ListSandboxes(self, request: pb.ListSandboxesRequest, context: Context
+                            ) -> pb.ListSandboxesResponse:
+        found = await self._sandboxes.owned(_caller(context), request.task_class)
+        return pb.ListSandboxesResponse(sandboxes=[_sandbox_info(info) for info in found])
+
+    async def DeleteSandbox(self, request: pb.DeleteSandboxRequest, context: Context
+                            ) -> pb.DeleteSandboxResponse:
+        await self._sandboxes.delete(request.sandbox_id, _caller(context))
+        return pb.DeleteSandboxResponse(success=True, message="deleted")
 
     async def CreateWorkflow(self, request: pb.CreateWorkflowRequest, context: Context
                              ) -> pb.CreateWorkflowResponse:
@@ -145,3 +191,22 @@ def _run_update(run: Run) -> pb.WorkflowStatusUpdate:
         run_id=run.run_id, status=run.status.value, current_step=run.current_step,
         steps_completed=run.steps_completed, total_steps=run.total_steps, output=run.output,
         error=run.error)
+
+
+def _caller(context: Context) -> str:
+    """The caller's identity for sandbox ownership: a hash of the bearer token it sent."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return caller_identity(token.strip())
+    return ""
+
+
+def _sandbox_info(info: SandboxInfo) -> pb.SandboxInfo:
+    return pb.SandboxInfo(
+        sandbox_id=info.sandbox_id, task_class=info.task_class, image=info.image,
+        created_at=info.created_at, expires_at=info.expires_at,
+        last_used_at=info.last_used_at, idle_timeout_seconds=info.idle_timeout_seconds,
+        running_execs=info.running_execs)

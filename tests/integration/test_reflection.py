@@ -129,3 +129,20 @@ async def test_grpcurl_speaks_lower_camel_case_json(tmp_path: Path) -> None:
                                      "orchestrator.v1.GetTaskStatusRequest")
     assert code == 0, output
     assert "string task_id = 1" in output, output
+
+
+SANDBOX_RPCS = ("CreateSandbox", "SandboxExec", "PutFile", "GetFile", "ListSandboxes",
+                "DeleteSandbox")
+
+
+async def test_grpcurl_lists_the_sandbox_rpcs(daemon: DaemonProcess) -> None:
+    """Issue 13's sandbox sessions show in reflection on both daemons, SandboxExec streaming."""
+    _, package, service = FILES[daemon.name]
+    code, output = await grpcurl("-plaintext", daemon.grpc_addr, "list", f"{package}.{service}")
+    assert code == 0, output
+    assert set(output.split()) >= {f"{package}.{service}.{rpc}" for rpc in SANDBOX_RPCS}
+    code, output = await grpcurl("-plaintext", daemon.grpc_addr, "describe",
+                                 f"{package}.{service}")
+    assert code == 0, output
+    assert (f"rpc SandboxExec ( .{package}.SandboxExecRequest ) returns "
+            f"( stream .{package}.SandboxExecOutput );") in output, output

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent_infra.runtime.logs import get_logger
 
+from ..model import DEFAULT_CLASS
 from ..settings import OrchestratorSettings, SlurmSettings
 from .env_manager import EnvManagerExecutor
 from .protocol import Execution, ExecutionOutcome, Executor
@@ -89,6 +90,13 @@ def slurm_executor(executor: Executor) -> SlurmExecutor | None:
     if isinstance(executor, RoutingExecutor):
         executor = executor.owner(SLURM_CLASS)
     return executor if isinstance(executor, SlurmExecutor) else None
+
+
+def env_manager_executor(executor: Executor) -> EnvManagerExecutor | None:
+    """The env-manager executor among the daemon's executors, if it has one."""
+    if isinstance(executor, RoutingExecutor):
+        executor = executor.owner(DEFAULT_CLASS)
+    return executor if isinstance(executor, EnvManagerExecutor) else None
 
 
 def reload_slurm(executor: Executor, running: OrchestratorSettings,
