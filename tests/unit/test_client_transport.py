@@ -27,7 +27,9 @@ def test_retry_policy_names_only_idempotent_methods() -> None:
     (method_config,) = config["methodConfig"]
     names = {entry["method"] for entry in method_config["name"]}
     assert names == {"GetServicesStatus", "GetResourceAvailability", "StreamHealth", "StreamLogs",
-                     "PullImages", "StopServices", "ExecuteTask", "CancelTask"}
+                     "PullImages", "StopServices", "ExecuteTask", "CancelTask",
+                     # sandbox reads; CreateSandbox, SandboxExec, PutFile, DeleteSandbox are not
+                     "ListSandboxes", "GetFile"}
     assert {entry["service"] for entry in method_config["name"]} == {
         "env_manager.v1.EnvManagerService"}
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
