@@ -12,13 +12,19 @@ The interface (for tasks and for anything else that wants a fresh container fast
     await pool.hand_over(container, argv, env, workdir, stdin)   # the stub execs argv
     pool.discard(container)                           # remove it (in the background)
 
-`claim` never waits on the engine: it takes a ready container or returns None. The claimer owns
-the container from then on: it must hand it over (or discard it) and remove it when done, and
-record it durably before the hand-over if it must survive a restart, because at start-up the
-pool removes every warm container of the stack no owner claims (`register_owner`): an unclaimed
-warm container is garbage, never a task. `handover.fits` says whether an argv/env/workdir can be
-handed over at all. A hand-over's stdin (None: none) follows on the container's stdin, which is
-then closed; `container.output` is its attached stdout/stderr (read it, or `close_streams()`).
+`claim` never waits on the engine: it takes a ready container or returns None (only the class's
+default image is kept warm). The claimer owns the container from then on: it must hand it over
+(or discard it) and remove it when done (`discard`, or its own removal), and record it durably
+before the hand-over if it must survive a restart, because at start-up (TaskRunner.recover) the
+pool removes every warm container of the stack that no owner claims: register the owner before
+that (`register_owner(async () -> set of container ids)`). An unclaimed warm container is
+garbage, never a task; a claimed one keeps its labels (kind=warm, the class), which the engine
+cannot change. `handover.fits` says whether an argv/env/workdir can be handed over at all. A
+hand-over's stdin (None: none) follows on the container's stdin, which is then closed; the
+command runs as the container's main process (a keep-alive command for a sandbox, say).
+`container.output` is its attached stdout/stderr: read it, or `close_streams()` after the
+hand-over. `count_busy(fn)` makes the pool count what the claimer keeps (fn(class) -> int)
+against the class's concurrency. The pool of a daemon is `EnvManager.runner.warm`.
 
 Refills run in the background, one container at a time per class, never on a task's path.
 The pool stays within the class's budget: ready containers plus the class's running tasks
@@ -91,6 +97,7 @@ class WarmPool:
         self._keepers: dict[str, asyncio.Task[None]] = {}
         self._removals: set[asyncio.Task[None]] = set()
         self._owners: list[Owner] = []
+        self._more_busy: list[Callable[[str], int]] = []
         self._generation = 0
         self._started = False
         self._closing = False
@@ -134,6 +141,11 @@ class WarmPool:
         """`owner()` gives the ids of warm containers it claimed and recorded: the start-up sweep
         keeps those (every other warm container of the stack is removed)."""
         self._owners.append(owner)
+
+    def count_busy(self, busy: Callable[[str], int]) -> None:
+        """Count `busy(class)` (e.g. a class's live sandboxes, each in a claimed container)
+        against the class's concurrency too, besides its running tasks; wake() when it drops."""
+        self._more_busy.append(busy)
 
     def wake(self, workload_class: str) -> None:
         """Something changed the class's budget (a task ended): let its keeper look again."""
@@ -208,7 +220,8 @@ class WarmPool:
         if workload is None or self._closing:
             return False
         ready = len(self._ready[name])
-        return ready < workload.warm and ready + self._busy(name) < workload.concurrency
+        busy = self._busy(name) + sum(more(name) for more in self._more_busy)
+        return ready < workload.warm and ready + busy < workload.concurrency
 
     async def _keep(self, name: str) -> None:
         event, ready = self._wake[name], self._ready[name]
