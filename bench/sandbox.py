@@ -21,10 +21,12 @@ Section "warm tasks" (warm_tasks below):
                  Targets: env-manager warm <= 0.4x cold and < 80 ms; orchestrator warm within
                  30 ms of env-manager warm.
   throughput     --tasks ExecuteTask calls from --concurrency workers on each class (cold,
-                 then warm, settled first): tasks/s, p50, and the engine's CPU seconds for the
-                 batch: dockerd + containerd (utime+stime+cutime+cstime from /proc), and the
-                 containerd shims, sampled every SHIM_SAMPLE_S while they live (approximate:
-                 a shim's last few ms before its exit are missed). Not judged: reported.
+                 then warm, settled first): tasks/s, p50, how many ran warm (the engine's
+                 event stream: containers created for the stack, by kind), and the engine's CPU
+                 seconds for the batch: dockerd + containerd (utime+stime+cutime+cstime from
+                 /proc; shared with whoever else uses the engine meanwhile), and the shims of
+                 this stack's containers, sampled every SHIM_SAMPLE_S while they live
+                 (approximate: a shim's last ms before its exit are missed). Not judged.
 Afterwards no container of the run may be left. Exit 0 whatever the figures unless --strict
 (then 1 when a target is missed); 2 when something fails.
 
@@ -55,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import aiodocker  # noqa: E402
+import aiohttp  # noqa: E402
 from agent_infra.env_manager.tasks import handover  # noqa: E402
 from agent_infra.wire import env_manager_pb2 as em_pb  # noqa: E402
 from agent_infra.wire import orchestrator_pb2 as orch_pb  # noqa: E402
@@ -221,77 +224,93 @@ async def engine_floor(ctx: Context) -> float:
         await engine.close()
 
 
-async def containers_made(ctx: Context, since: float) -> dict[str, int]:
-    """How many containers of the stack the engine created since `since`, by kind (the engine's
-    event log: a cold task makes a kind=task container, a refill a kind=warm one)."""
-    params = {"since": f"{since:.3f}", "until": f"{time.time() + 0.5:.3f}",
-              "filters": json.dumps({"type": ["container"], "event": ["create"],
-                                     "label": [f"{STACK_LABEL}={ctx.label}"]})}
-    await asyncio.sleep(0.5)  # "until" must have passed for the engine to end the stream
-    async with ctx.docker._query("events", params=params) as response:
-        text = await response.text()
-    counts: dict[str, int] = {}
-    for line in text.splitlines():
-        if line.strip():
-            kind = json.loads(line)["Actor"]["Attributes"].get(KIND_LABEL, "")
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
-# --- the engine's CPU -----------------------------------------------------------------------------
-
-
-def _ticks(pid: str, *, children: bool) -> int:
+def _ticks(pid: str) -> int:
+    """utime + stime + cutime + cstime of a process, in clock ticks (-1: gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return -1
-    # After the comm: state is fields[0]; utime, stime, cutime, cstime are fields 11-14.
-    return sum(int(value) for value in fields[11:15 if children else 13])
+    return sum(int(value) for value in fields[11:15])  # after the comm, state is fields[0]
 
 
 def _processes(*names: str) -> dict[str, str]:
+    """pid -> command line of the processes whose comm is one of `names`."""
     found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                comm = (entry / "comm").read_text().strip()
-                if comm.startswith(names):
-                    found[entry.name] = comm
+                if (entry / "comm").read_text().strip() in names:
+                    found[entry.name] = (entry / "cmdline").read_bytes().decode(errors="replace")
     return found
 
 
+@dataclass
+class EngineWatch:
+    """Over a batch: the containers the engine made for the stack, by kind (a cold task makes a
+    kind=task one, a refill a kind=warm one), from its live event stream; the CPU seconds of
+    dockerd + containerd (exact, but shared with anyone else using the engine) and of the shims
+    of this stack's containers (sampled every SHIM_SAMPLE_S while they live: approximate)."""
+
+    made: dict[str, int] = field(default_factory=dict)
+    daemons_s: float = 0.0
+    shims_s: float = 0.0
+    ours: set[str] = field(default_factory=set)
+    shims: dict[str, tuple[int, int]] = field(default_factory=dict)  # pid -> first, last ticks
+
+
+async def _events(ctx: Context, watch: EngineWatch, subscribed: asyncio.Event) -> None:
+    filters = json.dumps({"type": ["container"], "event": ["create"],
+                          "label": [f"{STACK_LABEL}={ctx.label}"]})
+    async with ctx.docker._query("events", params={"filters": filters},
+                                 timeout=aiohttp.ClientTimeout()) as response:
+        subscribed.set()
+        async for line in response.content:
+            if line.strip():
+                event = json.loads(line)
+                kind = event["Actor"]["Attributes"].get(KIND_LABEL, "")
+                watch.made[kind] = watch.made.get(kind, 0) + 1
+                watch.ours.add(event["Actor"]["ID"])
+
+
+async def _sample_shims(watch: EngineWatch) -> None:
+    while True:
+        for pid, cmdline in _processes("containerd-shim", "containerd-shim-runc-v2").items():
+            if any(cid in cmdline for cid in watch.ours):
+                ticks = _ticks(pid)
+                if ticks >= 0:
+                    watch.shims[pid] = (watch.shims.get(pid, (ticks, ticks))[0], ticks)
+        await asyncio.sleep(SHIM_SAMPLE_S)
+
+
 @contextlib.asynccontextmanager
-async def engine_cpu() -> AsyncIterator[dict[str, float]]:
-    """CPU seconds of dockerd + containerd (exact) and of the shims (sampled) over the body."""
+async def engine_watch(ctx: Context) -> AsyncIterator[EngineWatch]:
     hertz = os.sysconf("SC_CLK_TCK")
-    daemons = [pid for pid, comm in _processes("dockerd", "containerd").items()
-               if comm in ("dockerd", "containerd")]
+    daemons = list(_processes("dockerd", "containerd"))
     if not daemons:
         raise BenchError("no dockerd/containerd process in /proc (engine in another PID "
                          "namespace?): the engine's CPU cannot be read")
-    before = {pid: _ticks(pid, children=True) for pid in daemons}
-    shims: dict[str, tuple[int, int]] = {}  # pid -> (ticks when first seen, ticks last seen)
-    figures: dict[str, float] = {}
-
-    async def sample() -> None:
-        while True:
-            for pid in _processes("containerd-shim"):
-                ticks = _ticks(pid, children=True)
-                if ticks >= 0:
-                    first = shims.get(pid, (ticks, ticks))[0]
-                    shims[pid] = (first, ticks)
-            await asyncio.sleep(SHIM_SAMPLE_S)
-
-    sampler = asyncio.create_task(sample())
+    watch = EngineWatch()
+    subscribed = asyncio.Event()
+    helpers = [asyncio.create_task(_events(ctx, watch, subscribed)),
+               asyncio.create_task(_sample_shims(watch))]
+    ready = asyncio.ensure_future(subscribed.wait())
+    await asyncio.wait([helpers[0], ready], return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if helpers[0].done():
+        helpers[1].cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        raise BenchError(f"the engine's event stream ended at once: {helpers[0]!r}")
+    before = {pid: _ticks(pid) for pid in daemons}
     try:
-        yield figures
+        yield watch
+        after = {pid: _ticks(pid) for pid in daemons}
+        await asyncio.sleep(0.5)  # the last events on their way
     finally:
-        sampler.cancel()
-        await asyncio.gather(sampler, return_exceptions=True)
-        figures["daemons"] = sum(_ticks(pid, children=True) - before[pid]
-                                 for pid in daemons) / hertz
-        figures["shims"] = sum(last - first for first, last in shims.values()) / hertz
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+    watch.daemons_s = sum(after[pid] - before[pid] for pid in daemons) / hertz
+    watch.shims_s = sum(last - first for first, last in watch.shims.values()) / hertz
 
 
 # --- the warm tasks section -----------------------------------------------------------------------
@@ -348,18 +367,16 @@ async def warm_tasks(ctx: Context) -> Section:
                          f"{WARM}); engine CPU s: dockerd+containerd, shims (sampled)")
     for name, workload_class in (("cold", COLD_CLASS), ("warm", WARM_CLASS)):
         await ctx.settle()
-        since = time.time()
-        async with engine_cpu() as cpu:
+        async with engine_watch(ctx) as watch:
             batch: Batch = await run_batch(args.tasks, args.concurrency,
                                            _executor(ctx, workload_class))
-        made = await containers_made(ctx, since)
-        per_task = (cpu["daemons"] + cpu["shims"]) / args.tasks * 1000
+        per_task = (watch.daemons_s + watch.shims_s) / args.tasks * 1000
         section.lines.append(
             f"  {name:<6}{args.tasks / batch.seconds:6.1f} tasks/s  p50 "
-            f"{_ms(median(batch.latencies)):6.0f} ms  engine CPU {cpu['daemons']:5.2f} s + "
-            f"shims {cpu['shims']:5.2f} s ({per_task:.0f} ms per task); "
-            f"{args.tasks - made.get('task', 0)} tasks ran warm, {made.get('warm', 0)} "
-            "warm containers made")
+            f"{_ms(median(batch.latencies)):6.0f} ms  engine CPU {watch.daemons_s:5.2f} s + "
+            f"shims {watch.shims_s:5.2f} s ({per_task:.0f} ms per task); "
+            f"{args.tasks - watch.made.get('task', 0)} tasks ran warm, "
+            f"{watch.made.get('warm', 0)} warm containers made")
     return section
 
 
