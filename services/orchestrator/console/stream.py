@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import orjson
 from agent_infra.runtime.errors import DomainError, InvalidArgument
@@ -111,10 +112,11 @@ def routes(console: Console) -> list[web.RouteDef]:
     return [web.get(PREFIX + "/stream", console.api(stream))]
 
 
-async def _pump(subscription: object, queue: asyncio.Queue[Event | None], after: int) -> bool:
+async def _pump(subscription: AsyncIterator[Event], queue: asyncio.Queue[Event | None],
+                after: int) -> bool:
     """Hub events into the bounded queue; True when the queue was full (the reader is slow)."""
     overflowed = False
-    async for event in subscription:  # type: ignore[attr-defined]
+    async for event in subscription:
         if event.seq <= after:
             continue  # replayed by time, already delivered before the reconnect
         try:
