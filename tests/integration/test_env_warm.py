@@ -7,6 +7,7 @@ removed afterwards, and the tests that promise a removal check it before that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import uuid
@@ -90,6 +91,24 @@ class Env:
             payload={"command": text, **payload}, timeout_seconds=timeout), timeout=WAIT_S)
         return response
 
+    async def started_in(self, warm: set[str]) -> str:
+        """Which of `warm` has printed "started" (the task handed to it has begun)."""
+        async def which() -> str | None:
+            for cid in warm:
+                with contextlib.suppress(aiodocker.DockerError):  # removed meanwhile
+                    logs = await self.docker.containers.container(cid).log(stdout=True)
+                    if "started\n" in "".join(logs):
+                        return cid
+            return None
+
+        async def found() -> bool:
+            return await which() is not None
+
+        await eventually(found, "a task to start in a warm container", timeout=WAIT_S)
+        cid = await which()
+        assert cid is not None
+        return cid
+
     def reconfigure(self, warm: int) -> None:
         assert self.daemon is not None
         self.config.write_text(config(self.stack, warm=warm))
@@ -144,8 +163,18 @@ async def test_a_warm_container_runs_one_task_as_its_class_with_env_stdin_and_wo
     failed = await env.execute("echo out; echo err >&2; exit 3")
     assert failed.result["exit_code"] == "3" and failed.result["stdout"] == "out\n"
     assert failed.result["stderr"] == "err\n"
-    used = {result["container_id"], timed.result["container_id"], failed.result["container_id"]}
-    assert len(used) == 3
+    refilled = await env.wait_warm(2)
+    tid = f"w-{uuid.uuid4().hex[:12]}"
+    call = asyncio.create_task(env.execute("echo started; exec sleep 30", tid=tid))
+    running = await env.started_in(refilled)
+    cancel = await env.stub.CancelTask(pb.CancelTaskRequest(task_id=tid), timeout=WAIT_S)
+    assert cancel.success
+    cancelled = await call
+    assert not cancelled.success and cancelled.result["cancelled"] == "true"
+    assert cancelled.result["container_id"] == running
+    used = {result["container_id"], timed.result["container_id"],
+            failed.result["container_id"], running}
+    assert len(used) == 4
     refilled = await env.wait_warm(2)
     assert not refilled & used  # never handed a second task: removed, and fresh ones made
 
@@ -197,16 +226,7 @@ async def test_after_kill_9_unclaimed_warm_containers_go_and_a_claimed_one_is_ad
     tid = f"w-{uuid.uuid4().hex[:12]}"
     command = "echo started; sleep 3; echo done"
     call = asyncio.create_task(env.execute(command, tid=tid))
-
-    async def claimed() -> str | None:
-        for cid in warm:
-            logs = await env.docker.containers.container(cid).log(stdout=True)
-            if "started\n" in "".join(logs):
-                return cid
-        return None
-
-    await eventually(lambda: _is_some(claimed()), "the task to start in a warm container")
-    running = await claimed()
+    running = await env.started_in(warm)
     assert env.daemon is not None
     env.daemon.process.send_signal(signal.SIGKILL)
     await env.daemon.process.wait()
@@ -226,6 +246,3 @@ async def test_after_kill_9_unclaimed_warm_containers_go_and_a_claimed_one_is_ad
     assert response.result["stdout"] == "started\ndone\n"  # ran once, followed to its end
     await env.wait_warm(2)
 
-
-async def _is_some(value: Any) -> bool:
-    return (await value) is not None
