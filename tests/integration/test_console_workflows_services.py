@@ -7,17 +7,25 @@ selenium), against a real orchestrator, a real env-manager and real Docker conta
 * the services page shows a service of env-manager's registry, its log tail receives lines,
   and stop and start from the page change its state (checked through gRPC).
 
-Each test saves a screenshot under its tmp_path; the page screenshots go to docs/console/.
+Each test saves screenshots under its tmp_path; with AGENT_INFRA_CONSOLE_DOCS=DIR (e.g.
+docs/console) the page screenshots (workflows, workflow-graph, workflow-run, services) are written
+there too. Bad input and a down env-manager are checked over plain HTTP: clear 4xx/503 answers
+and an "unavailable" endpoint, never a 500.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from html import unescape
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from agent_infra.wire import env_manager_pb2 as em_pb
@@ -35,8 +43,6 @@ from tests.orchestrator_support import Stack, orchestrator_stack
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.docker]
 
-REPO = Path(__file__).resolve().parents[2]
-DOCS = REPO / "docs" / "console"
 # cpu_short runs a signature node's payload with this handler: it prints the payload.
 HANDLER = (f'[workload_classes.cpu_short.handler]\nimage = "{TEST_IMAGE}"\n'
            'command = ["sh", "-c", "cat; echo"]\n')
@@ -101,9 +107,13 @@ def wait_for(driver: WebDriver, check: Callable[[WebDriver], Any], what: str,
                              f"console: {console_errors(driver)[-10:]}") from None
 
 
-def shoot(driver: WebDriver, *paths: Path) -> None:
-    for path in paths:
-        screenshot(driver, path)
+def shoot(driver: WebDriver, path: Path, page: str = "") -> None:
+    """A screenshot at `path`; for a `page`, also DIR/page.png with AGENT_INFRA_CONSOLE_DOCS."""
+    screenshot(driver, path)
+    docs = os.environ.get("AGENT_INFRA_CONSOLE_DOCS")
+    if docs and page:
+        Path(docs).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(docs) / f"{page}.png")
 
 
 def node_states(driver: WebDriver) -> dict[str, str]:
@@ -164,7 +174,7 @@ async def test_typed_workflow_graph_follows_a_run_to_the_end(
     code, run = await stack.http("GET", f"/workflow-runs/{run_id}")
     assert code == 200 and run["status"] == "succeeded", run
     print(f"graph showed every step completed {seen_after:.2f} s after the gate opened")
-    shoot(browser, tmp_path / "workflow-done.png", DOCS / "workflow-graph.png")
+    shoot(browser, tmp_path / "workflow-done.png", "workflow-graph")
     assert console_errors(browser) == []
 
     browser.get(f"{base}/console/workflow-runs/{run_id}")
@@ -172,11 +182,11 @@ async def test_typed_workflow_graph_follows_a_run_to_the_end(
     assert {row.get_attribute("data-step-id") for row in rows} == NODE_IDS
     assert "VERIFIED" in browser.find_element(By.TAG_NAME, "main").text
     assert "<script>alert(1)</script>" in browser.find_element(By.TAG_NAME, "main").text
-    shoot(browser, tmp_path / "run.png", DOCS / "workflow-run.png")
+    shoot(browser, tmp_path / "run.png", "workflow-run")
 
     browser.get(f"{base}/console/workflows")
     assert browser.find_elements(By.CSS_SELECTOR, f'tr[data-workflow-id="{workflow_id}"]')
-    shoot(browser, tmp_path / "workflows.png", DOCS / "workflows.png")
+    shoot(browser, tmp_path / "workflows.png", "workflows")
     assert console_errors(browser) == []
 
 
@@ -244,7 +254,7 @@ async def test_services_page_tails_logs_and_stops_and_starts(
     first = browser.find_element(By.ID, "log-tail").text
     wait_for(browser, lambda d: d.find_element(By.ID, "log-tail").text != first,
              "a new log line")
-    shoot(browser, tmp_path / "services-running.png", DOCS / "services.png")
+    shoot(browser, tmp_path / "services-running.png", "services")
 
     browser.find_element(By.CSS_SELECTOR,
                          'tr[data-service="ticker"] button[data-action="stop"]').click()
@@ -262,3 +272,46 @@ async def test_services_page_tails_logs_and_stops_and_starts(
              and "tick-" in d.find_element(By.ID, "log-tail").text, "the new container's log")
     shoot(browser, tmp_path / "services-started.png")
     assert console_errors(browser) == []
+    browser.get("about:blank")  # its live stream closes
+
+
+async def test_bad_input_and_a_down_env_manager_get_clear_answers(stack: Stack) -> None:
+    """Last in the module: it stops env-manager."""
+    base = stack.daemon.http_url
+    # unsafe: keep the session cookie of an IP address (127.0.0.1)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(f"{base}/console/workflows/no-such-workflow") as response:
+            assert response.status == 404
+            assert "workflow 'no-such-workflow' not found" in unescape(await response.text())
+        async with http.get(f"{base}/console/workflow-runs/run-nope/state") as response:
+            assert response.status == 404 and "not found" in (await response.json())["error"]
+        async with http.get(f"{base}/console/services") as response:
+            page = await response.text()
+            assert response.status == 200, page
+        match = re.search(r'<meta name="csrf-token" content="([0-9a-f]+)">', page)
+        assert match, page
+        headers = {"X-CSRF-Token": match.group(1), "Origin": base}
+        code, saved = await stack.http("POST", "/workflows", body=typed_workflow())
+        assert code == 201, saved
+        async with http.post(f"{base}/console/workflows/{saved['id']}/runs", headers=headers,
+                             data={"input": "[1, 2]", "csrf": match.group(1)}) as response:
+            assert response.status == 400
+            assert "input must be a JSON object" in unescape(await response.text())
+        for path, status, words in (
+                ("/console/services/0/nosuch/stop", 404, "nosuch"),
+                ("/console/services/0/Bad_Name/stop", 400, "service 'Bad_Name' is invalid"),
+                ("/console/services/7/ticker/stop", 404, "endpoint 7 not found"),
+                ("/console/services/0/ticker/explode", 404, "action 'explode' not found")):
+            async with http.post(base + path, headers=headers) as response:
+                answer = await response.json()
+                assert (response.status, words in answer["error"]) == (status, True), answer
+
+        await stack.stop_env_manager()
+        async with http.get(f"{base}/console/services") as response:
+            page = await response.text()
+            assert response.status == 200, page
+            assert 'class="endpoint-state unavailable"' in page and stack.env_manager_addr in page
+        async with http.post(f"{base}/console/services/0/ticker/restart",
+                             headers=headers) as response:
+            answer = await response.json()
+            assert response.status == 503 and "unavailable" in answer["error"], answer

@@ -14,7 +14,8 @@ POST /console/services/{endpoint}/{name}/{start|stop|restart}
 A tail starts with the last LOG_TAIL lines (`log_start` tells the page to clear what it had, so
 a reconnect never shows a line twice) and follows the container; when the container stops,
 `log_end` says why, and the tail starts again once the service has a new container. The stream
-ends (`reconnect`) before the HTTP request time limit would cut it; the page reconnects.
+ends (`reconnect`) before the HTTP request time limit would cut it, or when the daemon stops;
+the page reconnects.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ from typing import Any
 
 import orjson
 from agent_infra.runtime.errors import DomainError, InvalidArgument, NotFound, shorten
+from agent_infra.runtime.logs import get_logger
 from agent_infra.runtime.parsing import parse_int
 from agent_infra.runtime.status import http_status
 from aiohttp import web
 
+from ..events import Subscription
 from .services_stack import EndpointView, ServicesStack, check_name
 from .shell import PREFIX, Console, json_error
+
+log = get_logger("console")
 
 BASE = PREFIX + "/services"
 STATUS_INTERVAL = 2.0
@@ -82,13 +87,17 @@ def routes(console: Console) -> list[web.RouteDef]:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(QUEUE_SIZE)
         latest: dict[str, str] = {}  # service -> container id, from the last status
         changed = asyncio.Event()
-        jobs = [asyncio.get_running_loop().create_task(
-            _watch_status(stack(), queue, endpoint, latest, changed))]
+        loop = asyncio.get_running_loop()
+        # The event hub's subscriptions end when the daemon stops: so does this stream.
+        closing = console.domain().events.subscribe(["workflow_created"])
+        jobs = [loop.create_task(_until_closed(closing, queue)),
+                loop.create_task(_watch_status(stack(), queue, endpoint, latest, changed))]
         if service:
-            jobs.append(asyncio.get_running_loop().create_task(
+            jobs.append(loop.create_task(
                 _follow(stack(), queue, endpoint, service, latest, changed)))
         limit = console.domain().settings.server.http_request_timeout - TIME_LIMIT_MARGIN
         deadline = time.monotonic() + max(limit, 1.0)
+        reason = "request time limit"
         try:
             while (left := deadline - time.monotonic()) > 0:
                 try:
@@ -96,8 +105,11 @@ def routes(console: Console) -> list[web.RouteDef]:
                 except TimeoutError:
                     await _write(response, b": keepalive\n\n")
                     continue
+                if name == "end":
+                    reason = data
+                    break
                 await _write(response, _message(name, data))
-            await _write(response, _message("reconnect", {"reason": "request time limit"}))
+            await _write(response, _message("reconnect", {"reason": reason}))
         except (ConnectionResetError, TimeoutError):
             pass  # the page went away or stopped reading
         finally:
@@ -106,6 +118,7 @@ def routes(console: Console) -> list[web.RouteDef]:
             for job in jobs:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await job
+            await closing.aclose()
         return response
 
     async def act(request: web.Request) -> web.StreamResponse:
@@ -157,12 +170,24 @@ def endpoint_json(view: EndpointView) -> dict[str, Any]:
                 for s in view.services]}
 
 
+async def _until_closed(subscription: Subscription, queue: asyncio.Queue[tuple[str, Any]]
+                        ) -> None:
+    async for _ in subscription:
+        pass
+    await queue.put(("end", "the daemon is stopping"))
+
+
 async def _watch_status(stack: ServicesStack, queue: asyncio.Queue[tuple[str, Any]],
                         endpoint: int, latest: dict[str, str], changed: asyncio.Event) -> None:
     """Every endpoint's status now, then whenever it changes (CPU and memory included)."""
     last: Any = None
     while True:
-        views = await stack.status()
+        try:
+            views = await stack.status()
+        except Exception as exc:  # a bug or a closed client: end the stream, say why
+            log.warning("console_services_status_failed", error=repr(exc)[:300])
+            await queue.put(("end", "status unavailable"))
+            return
         snapshot = [endpoint_json(view) for view in views]
         if snapshot != last:
             last = snapshot
