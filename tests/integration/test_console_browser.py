@@ -120,6 +120,8 @@ async def test_cancel_from_the_page_cancels_a_running_task(stack: Stack, browser
              "the page to show the task cancelled")
     found = await stack.stub.GetTaskStatus(pb.GetTaskStatusRequest(task_id=task_id), timeout=30)
     assert found.status == "cancelled"
+    attempts = browser.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")
+    assert [row.find_elements(By.TAG_NAME, "td")[3].text for row in attempts] == ["cancelled"]
     shot(browser, tmp_path, "task-cancelled")
 
 

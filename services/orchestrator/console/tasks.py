@@ -24,7 +24,7 @@ from agent_infra.runtime.status import http_status
 from aiohttp import web
 
 from ..domain import STATUSES
-from ..model import Task, TaskRequest
+from ..model import Event, Task, TaskRequest
 from . import queries
 from .shell import PREFIX, Console
 
@@ -81,7 +81,8 @@ def routes(console: Console) -> list[web.RouteDef]:
         return console.render(
             request, "task.html", section="tasks", title=f"Task {task_id}", task=task,
             payload=_pretty_map(stored), result=_result_view(task.result),
-            events=events, endpoints=[e.address for e in domain.settings.env_managers],
+            events=events, attempts=_attempts(events),
+            endpoints=[e.address for e in domain.settings.env_managers],
             max_attempts=task.max_attempts or getattr(
                 domain.settings.classes.get(task.task_class), "max_attempts", "?"),
             flash=request.query.get("done", ""))
@@ -117,6 +118,23 @@ def routes(console: Console) -> list[web.RouteDef]:
         web.post(PREFIX + "/tasks/{id}/cancel", console.action(cancel)),
         web.post(PREFIX + "/tasks/{id}/resubmit", console.action(resubmit)),
     ]
+
+
+def _attempts(events: list[Event]) -> list[dict[str, Any]]:
+    """One row per dispatch (task_started), with how it ended: retried (and why), or the
+    task's final state."""
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        if event.event_type == "task_started":
+            rows.append({"attempt": event.data.get("attempt", ""), "started": event.timestamp,
+                         "ended": 0.0, "outcome": "running", "error": ""})
+        elif rows and event.event_type == "task_retrying":
+            rows[-1].update(ended=event.timestamp, outcome="retried",
+                            error=event.data.get("error", ""))
+        elif rows and event.event_type in ("task_completed", "task_failed", "task_cancelled"):
+            rows[-1].update(ended=event.timestamp, outcome=event.event_type[5:],
+                            error=event.data.get("error", ""))
+    return rows
 
 
 def _back(request: web.Request, location: str) -> web.StreamResponse:

@@ -117,7 +117,7 @@
     return Math.round(seconds / 60) + " min";
   }
 
-  window.Console = {el, post, getJSON, stream, subscribe, throttle, time, duration, prefix,
+  window.Console = {el, post, getJSON, stream, subscribe, throttle, time, duration, prefix, setLive,
     EVENT_TYPES, csrf: () => meta("csrf-token")};
 
   // Forms marked data-confirm ask first (Cancel, Stop...).

@@ -38,7 +38,10 @@
     const url = new URL(window.location.href);
     url.search = new URLSearchParams(query).toString();
     window.history.replaceState(null, "", url);
-    source = C.stream(query, show, (s) => { state.textContent = s + (received ? ", " + received + " received" : ""); });
+    source = C.stream(query, show, (s) => {
+      state.textContent = s + (received ? ", " + received + " received" : "");
+      C.setLive(s, s === "live" ? "ok" : "warn");
+    });
   }
 
   form.addEventListener("submit", (event) => { event.preventDefault(); start(); });
