@@ -111,3 +111,18 @@ async def test_pages_send_a_policy_that_forbids_inline_script(tmp_path: Path) ->
                 policy = response.headers["Content-Security-Policy"]
                 assert "script-src 'self'" in policy and "unsafe-inline" not in policy
                 assert "<script>" not in await response.text()  # only <script src=...>
+        # Hostile values in every parameter: an answer naming the problem, never a 500.
+        hostile = ["x" * 5000, "-1", "1e400", "nan", "inf", "\x00", "../../etc/passwd",
+                   "<script>", "9" * 40, "0001-01-01T00:00", "9999-12-31T23:59:59+14:00"]
+        for value in hostile:
+            for path, key in (("/console/tasks", "status"), ("/console/tasks", "class"),
+                              ("/console/tasks", "id"), ("/console/tasks", "from"),
+                              ("/console/tasks", "to"), ("/console/tasks", "page"),
+                              ("/console/tasks", "size"), ("/console/events", "types"),
+                              ("/console/events", "since"), ("/console/login", "next")):
+                async with http.get(daemon.http_url + path, params={key: value}) as response:
+                    assert response.status in (200, 400), (path, key, value, response.status)
+                    assert "<script>" not in await response.text(), (path, key, value)
+            for path in (f"/console/tasks/{value}", f"/console/static/{value}"):
+                async with http.get(daemon.http_url + path) as response:
+                    assert response.status in (404, 400), (path, response.status)

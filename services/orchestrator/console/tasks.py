@@ -12,6 +12,7 @@ are the domain's ListTasks (Orchestrator.list_tasks), server-side.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 from datetime import UTC, datetime
@@ -153,9 +154,13 @@ def _time(text: str, name: str) -> float:
     if not text:
         return 0.0
     try:
-        return max(float(text), 0.0)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidArgument(f"{name} must be unix seconds >= 0, got {text[:40]!r}")
+        return seconds
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -163,7 +168,10 @@ def _time(text: str, name: str) -> float:
                               f"(2026-01-31T12:00), got {text[:40]!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return max(moment.timestamp(), 0.0)
+    try:
+        return max(moment.timestamp(), 0.0)
+    except (OverflowError, OSError, ValueError):
+        raise InvalidArgument(f"{name}: {text[:40]!r} is out of range") from None
 
 
 def _stored_payload(conn: Any, task_id: str) -> dict[str, str]:
