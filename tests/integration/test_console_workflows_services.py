@@ -197,8 +197,20 @@ async def test_typed_workflow_graph_follows_a_run_to_the_end(
     assert "<script>alert(1)</script>" in browser.find_element(By.TAG_NAME, "main").text
     shoot(browser, tmp_path / "run.png", "workflow-run")
 
+    # A steps-form workflow saved twice: the list shows its latest revision.
+    steps = {"name": "fan out", "steps": [
+        {"id": "fetch", "payload": {"command": ["echo", "a"]}},
+        {"id": "left", "depends_on": ["fetch"]}, {"id": "right", "depends_on": ["fetch"]},
+        {"id": "join", "depends_on": ["left", "right"]}]}
+    code, saved = await stack.http("POST", "/workflows", body={"id": "fan-out", **steps})
+    assert code == 201, saved
+    steps["steps"][3]["payload"] = {"command": ["echo", "joined"]}
+    code, saved = await stack.http("PUT", "/workflows/fan-out", body=steps)
+    assert (code, saved["revision"]) == (200, 2), saved
     browser.get(f"{base}/console/workflows")
     assert browser.find_elements(By.CSS_SELECTOR, f'tr[data-workflow-id="{workflow_id}"]')
+    revision = browser.find_element(By.CSS_SELECTOR, 'tr[data-workflow-id="fan-out"] td.num')
+    assert revision.text == "2"
     shoot(browser, tmp_path / "workflows.png", "workflows")
     assert console_errors(browser) == []
 
