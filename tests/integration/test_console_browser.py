@@ -105,6 +105,15 @@ async def test_task_page_shows_stdout_as_text(stack: Stack, browser: Browser,
     assert "completed" in browser.find_element(By.ID, "task-status").text
     assert console_errors(browser) == []
     shot(browser, tmp_path, "task")
+    # Resubmit: the same request under a new id, whose page the browser lands on.
+    browser.find_element(By.ID, "resubmit").click()
+    wait_for(browser, lambda b: f"/console/tasks/{task_id}.re-" in b.current_url,
+             "the resubmitted task's page")
+    fresh = browser.current_url.rsplit("/", 1)[1].split("?")[0]
+    assert f"resubmitted from {task_id}" in browser.find_element(By.CSS_SELECTOR, ".flash").text
+    done = await wait_done(stack.stub, [fresh])
+    assert done[fresh].status == "completed"
+    assert done[fresh].result["stdout"].strip() == line
 
 
 async def test_cancel_from_the_page_cancels_a_running_task(stack: Stack, browser: Browser,
