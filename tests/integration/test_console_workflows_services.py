@@ -198,7 +198,7 @@ async def test_typed_workflow_graph_follows_a_run_to_the_end(
     shoot(browser, tmp_path / "run.png", "workflow-run")
 
     # A steps-form workflow saved twice: the list shows its latest revision.
-    steps = {"name": "fan out", "steps": [
+    steps: dict[str, Any] = {"name": "fan out", "steps": [
         {"id": "fetch", "payload": {"command": ["echo", "a"]}},
         {"id": "left", "depends_on": ["fetch"]}, {"id": "right", "depends_on": ["fetch"]},
         {"id": "join", "depends_on": ["left", "right"]}]}
