@@ -42,7 +42,8 @@ class EnvManager:
             resolve_workload_classes(settings.workload_classes, cpu_cores(), gpu_count),
             settings.tasks, store, max_message_bytes=settings.server.max_message_bytes,
         )
-        self.sandboxes = SandboxManager(engine, settings.stack.name, self.runner.classes)
+        self.sandboxes = SandboxManager(engine, settings.stack.name, self.runner.classes,
+                                        self.runner.warm, settings.state.dir / "sandboxes")
         self.docker_error = ""
         self._recovered = False
 

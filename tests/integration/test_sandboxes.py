@@ -35,7 +35,11 @@ def config(stack: str) -> str:
             'default_timeout = 30\n'
             '[workload_classes.cpu_short.sandbox]\nmax_sandboxes = 3\n'
             'default_ttl = 300\nmax_ttl = 600\n'
-            'max_file_bytes = 65536\noutput_limit_bytes = 100000\n')
+            'max_file_bytes = 65536\noutput_limit_bytes = 100000\n'
+            # A class whose sandboxes take a warm container (tasks/warm.py) when one is ready.
+            f'[workload_classes.cpu_warm]\nimage = "{TEST_IMAGE}"\nconcurrency = 2\nwarm = 1\n'
+            'default_timeout = 30\n'
+            '[workload_classes.cpu_warm.sandbox]\noutput_limit_bytes = 100000\n')
 
 
 class Env:
@@ -52,11 +56,35 @@ class Env:
         self.stub = env_manager_pb2_grpc.EnvManagerServiceStub(self.daemon.channel())
 
     async def create(self, metadata: tuple[tuple[str, str], ...] = OWNER,
-                     **fields: object) -> str:
-        request = pb.CreateSandboxRequest(workload_class="cpu_short", **fields)  # type: ignore[arg-type]
+                     workload_class: str = "cpu_short", **fields: object) -> str:
+        if workload_class == "cpu_warm":
+            await self.warm_ready()
+        request = pb.CreateSandboxRequest(workload_class=workload_class, **fields)  # type: ignore[arg-type]
+        before = len(self.created())
         answer = await self.stub.CreateSandbox(request, metadata=metadata, timeout=60)
-        assert answer.sandbox.workload_class == "cpu_short" and answer.sandbox.expires_at > 0
+        assert answer.sandbox.workload_class == workload_class
+        assert answer.sandbox.expires_at > 0
+
+        async def logged() -> bool:
+            return len(self.created()) > before
+
+        await eventually(logged, "the sandbox_created log line")
+        assert self.created()[-1]["warm"] is (workload_class == "cpu_warm")
         return str(answer.sandbox_id)
+
+    def created(self) -> list[dict[str, object]]:
+        return [r for r in log_records(self.daemon.log_text())
+                if r.get("event") == "sandbox_created"]
+
+    async def warm_ready(self, count: int = 1) -> None:
+        """Until `count` warm containers run (a sandbox's included)."""
+        async def ready() -> bool:
+            async with aiodocker.Docker() as docker:
+                return len(await docker.containers.list(filters={"label": [
+                    f"org.agent-infra.stack={self.stack}",
+                    "org.agent-infra.kind=warm"]})) >= count
+
+        await eventually(ready, "a ready warm container of cpu_warm", timeout=60)
 
     async def run(self, sandbox_id: str, *command: str, stdin: bytes = b"",
                   timeout_seconds: int = 0, metadata: tuple[tuple[str, str], ...] = OWNER,
@@ -97,15 +125,17 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         await remove_stack_containers(found.stack)
 
 
-async def container_exists(stack: str) -> int:
+async def container_exists(stack: str, kind: str = "sandbox") -> int:
     async with aiodocker.Docker() as docker:
         return len(await docker.containers.list(
             all=True, filters={"label": [f"org.agent-infra.stack={stack}",
-                                         "org.agent-infra.kind=sandbox"]}))
+                                         f"org.agent-infra.kind={kind}"]}))
 
 
-async def test_files_and_processes_persist_then_vanish_on_delete(env: Env) -> None:
-    sid = await env.create(env={"GREETING": "hello"})
+@pytest.mark.parametrize("workload_class", ["cpu_short", "cpu_warm"])
+async def test_files_and_processes_persist_then_vanish_on_delete(env: Env,
+                                                                 workload_class: str) -> None:
+    sid = await env.create(env={"GREETING": "hello"}, workload_class=workload_class)
     put = await env.stub.PutFile(pb.PutFileRequest(sandbox_id=sid, path="in/data.txt",
                                                    content=b"line\x00bin\n"), metadata=OWNER,
                                  timeout=30)
@@ -138,6 +168,8 @@ async def test_files_and_processes_persist_then_vanish_on_delete(env: Env) -> No
     await env.stub.DeleteSandbox(pb.DeleteSandboxRequest(sandbox_id=sid), metadata=OWNER,
                                  timeout=60)
     assert await container_exists(env.stack) == 0
+    if workload_class == "cpu_warm":  # the claimed warm container is gone, with its record
+        assert not list((env.tmp_path / "state" / "sandboxes").glob("*.json"))
     error = await rpc_error(env.run(sid, "true"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert await env.listed() == set()
@@ -243,7 +275,14 @@ async def test_ttl_and_idle_sandboxes_are_reaped(env: Env) -> None:
 async def test_kill_9_then_restart_readopts_live_sandboxes_and_reaps_expired(env: Env) -> None:
     live = await env.create(ttl_seconds=300)
     short = await env.create(ttl_seconds=2)
+    warm = await env.create(ttl_seconds=300, workload_class="cpu_warm")
     await env.sh(live, "echo kept > state.txt")
+    await env.sh(warm, "echo warm > state.txt")
+    await env.warm_ready(2)  # the pool refilled: one unclaimed warm container to sweep
+    async with aiodocker.Docker() as docker:
+        warm_ids = {c.id for c in await docker.containers.list(all=True, filters={"label": [
+            f"org.agent-infra.stack={env.stack}", "org.agent-infra.kind=warm"]})}
+    assert len(warm_ids) == 2  # the sandbox's and the ready one
     env.daemon.process.kill()  # SIGKILL: no shutdown at all
     await env.daemon.wait_exit()
     env.daemon.notify.close()
@@ -251,15 +290,26 @@ async def test_kill_9_then_restart_readopts_live_sandboxes_and_reaps_expired(env
     await env.start()
 
     async def adopted() -> bool:
-        return await env.listed() == {live}
+        return await env.listed() == {live, warm}
 
-    await eventually(adopted, "the live sandbox re-adopted", timeout=30)
+    await eventually(adopted, "the live sandboxes re-adopted", timeout=30)
     assert await env.sh(live, "cat state.txt") == (0, "kept\n")
+    assert await env.sh(warm, "cat state.txt") == (0, "warm\n")
+
+    async def swept() -> bool:  # the unclaimed one is gone, the sandbox's stays
+        async with aiodocker.Docker() as docker:
+            now = {c.id for c in await docker.containers.list(all=True, filters={"label": [
+                f"org.agent-infra.stack={env.stack}", "org.agent-infra.kind=warm"]})}
+        return len(now & warm_ids) == 1
+
+    await eventually(swept, "the unclaimed warm container removed")
     assert (await rpc_error(env.run(short, "true"))).code() == grpc.StatusCode.NOT_FOUND
     assert (await rpc_error(env.run(live, "true", metadata=OTHER))).code() == \
         grpc.StatusCode.NOT_FOUND
     assert await container_exists(env.stack) == 1
     env.daemon.signal(signal.SIGTERM)
     await env.daemon.wait_exit()
-    # A graceful stop leaves sandboxes to the next process too.
+    # A graceful stop leaves sandboxes to the next process too (the claimed warm one included;
+    # the pool removes only its unclaimed ones).
     assert await container_exists(env.stack) == 1
+    assert await container_exists(env.stack, "warm") == 1

@@ -10,9 +10,10 @@
   timeout, logging `sandbox_reaped` with the reason.
 - Delete removes the container with its filesystem (and anonymous volumes): nothing persists.
 - Daemon shutdown leaves sandboxes running. A new env-manager process re-adopts every running
-  sandbox container of its stack from the container's labels (TTL kept; idle time counted
-  from the adoption), and removes ("reaps") any that is stopped, expired or unreadable; logged
-  as `sandbox_adopted` / `sandbox_reaped` (reason `restart`).
+  sandbox of its stack, found by its container's labels (made cold) or its record in the state
+  dir (made from a warm container; records.py), TTL kept and idle time counted from the
+  adoption, and removes ("reaps") any that is stopped, expired or unreadable; logged as
+  `sandbox_adopted` / `sandbox_reaped` (reason `restart`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 from agent_infra.runtime.errors import (
     FailedPrecondition,
@@ -36,6 +38,7 @@ from ..docker import containers
 from ..docker.engine import DockerEngine
 from ..tasks.container import remove
 from ..tasks.payload import check_class
+from ..tasks.warm import WarmPool
 from ..tasks.workloads import WorkloadClass
 from . import execs, files
 from .model import (
@@ -51,6 +54,7 @@ from .model import (
     sandbox_path,
 )
 from .provision import provision
+from .records import Records
 
 log = get_logger("sandboxes")
 
@@ -59,11 +63,18 @@ MAX_EXECS_PER_SANDBOX = 16
 
 
 class SandboxManager:
-    def __init__(self, engine: DockerEngine, stack: str,
-                 classes: Mapping[str, WorkloadClass]) -> None:
+    def __init__(self, engine: DockerEngine, stack: str, classes: Mapping[str, WorkloadClass],
+                 pool: WarmPool | None = None, records_dir: Path | None = None) -> None:
+        """`pool`: warm containers to take when one fits (None: always cold); `records_dir`:
+        where sandboxes made from warm containers are recorded (records.py)."""
         self.engine = engine
         self.stack = stack
         self.classes = dict(classes)
+        self._records = Records(records_dir)
+        self._pool = pool if records_dir is not None else None
+        if self._pool is not None:
+            # The pool's start-up sweep keeps the warm containers recorded as sandboxes.
+            self._pool.register_owner(self._records.container_ids)
         self._sandboxes: dict[str, Sandbox] = {}  # by key_of(id)
         self._creating: dict[str, int] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -76,28 +87,44 @@ class SandboxManager:
         filters = labels.label_filter(**{labels.STACK: self.stack, labels.KIND: KIND_SANDBOX})
         found = await containers.list_containers(self.engine, filters,
                                                  what="list sandbox containers")
-        now = time.time()
         for listed in found:
-            try:
-                info = await containers.inspect(self.engine, listed.id)
-            except NotFound:
+            info = await self._inspect(listed.id)
+            if info is not None:
+                await self._adopt_one(listed.id, info, Sandbox.from_container(info))
+        for path, record in await self._records.load():
+            sandbox = Sandbox.from_record(record) if record is not None else None
+            info = await self._inspect(sandbox.container_id) if sandbox is not None else None
+            if sandbox is None or info is None:
+                await asyncio.to_thread(path.unlink, missing_ok=True)  # nothing to adopt
                 continue
-            sandbox = Sandbox.from_container(info)
-            running = bool((info.get("State") or {}).get("Running"))
-            if sandbox is None or not running or now >= sandbox.expires_at:
-                reason = "unreadable" if sandbox is None else (
-                    "stopped" if not running else "ttl")
-                await remove(self.engine, listed.id)
-                log.info("sandbox_reaped", container_id=listed.id[:12], reason="restart",
-                         detail=reason)
-                continue
-            if sandbox.key in self._sandboxes:
-                continue
-            self._sandboxes[sandbox.key] = sandbox
-            log.info("sandbox_adopted", container_id=listed.id[:12],
-                     workload_class=sandbox.workload_class)
+            if not await self._adopt_one(sandbox.container_id, info, sandbox):
+                await self._records.delete(sandbox)
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _inspect(self, container_id: str) -> dict[str, object] | None:
+        try:
+            return await containers.inspect(self.engine, container_id)
+        except NotFound:
+            return None
+
+    async def _adopt_one(self, container_id: str, info: Mapping[str, object],
+                         sandbox: Sandbox | None) -> bool:
+        """Adopt a sandbox a restart found; remove its container instead when it is stopped,
+        expired or unreadable. Whether it was adopted."""
+        state = info.get("State")
+        running = isinstance(state, dict) and bool(state.get("Running"))
+        if sandbox is None or not running or time.time() >= sandbox.expires_at:
+            reason = "unreadable" if sandbox is None else ("stopped" if not running else "ttl")
+            await remove(self.engine, container_id)
+            log.info("sandbox_reaped", container_id=container_id[:12], reason="restart",
+                     detail=reason)
+            return False
+        if sandbox.key not in self._sandboxes:
+            self._sandboxes[sandbox.key] = sandbox
+            log.info("sandbox_adopted", container_id=container_id[:12],
+                     workload_class=sandbox.workload_class, warm=sandbox.warm)
+        return True
 
     async def close(self) -> None:
         """Stop the reaper; the sandboxes stay for the next process."""
@@ -136,13 +163,15 @@ class SandboxManager:
                           workdir=limits.workdir, user=workload.user)
         self._creating[workload_class] = self._creating.get(workload_class, 0) + 1
         try:
-            sandbox.container_id = await provision(self.engine, self.stack, workload, sandbox)
+            sandbox.container_id = await provision(self.engine, self.stack, workload, sandbox,
+                                                   self._pool, self._records)
         finally:
             self._creating[workload_class] -= 1
         sandbox.touch()
         self._sandboxes[sandbox.key] = sandbox
         log.info("sandbox_created", container_id=sandbox.container_id[:12],
-                 workload_class=workload_class, ttl_s=ttl, idle_timeout_s=idle)
+                 workload_class=workload_class, ttl_s=ttl, idle_timeout_s=idle,
+                 warm=sandbox.warm)
         return sandbox
 
     def get(self, sandbox_id: str, owner: str) -> Sandbox:
@@ -187,8 +216,8 @@ class SandboxManager:
         sandbox.running_execs += 1
         try:
             async for item in execs.run(self.engine, sandbox.container_id, command,
-                                        env=extra, workdir=where, user=sandbox.user,
-                                        stdin=stdin or None, timeout=timeout,
+                                        env={**sandbox.env, **extra}, workdir=where,
+                                        user=sandbox.user, stdin=stdin or None, timeout=timeout,
                                         output_limit=limit):
                 yield item
         except FailedPrecondition:
@@ -243,6 +272,8 @@ class SandboxManager:
             sandbox.deleted = False  # still there: a later delete or the reaper tries again
             raise
         self._sandboxes.pop(sandbox.key, None)
+        if sandbox.warm:
+            await self._records.delete(sandbox)
         event = "sandbox_deleted" if reason == "deleted" else "sandbox_reaped"
         log.info(event, container_id=sandbox.container_id[:12],
                  workload_class=sandbox.workload_class, reason=reason,

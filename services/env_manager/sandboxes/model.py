@@ -73,6 +73,7 @@ class Sandbox:
     last_used_at: float = field(default_factory=time.time)
     running_execs: int = 0
     deleted: bool = False
+    warm: bool = False  # made from a warm container: recorded in the state dir (records.py)
 
     @property
     def key(self) -> str:
@@ -99,6 +100,28 @@ class Sandbox:
             ENV: json.dumps(self.env),
             WORKDIR: self.workdir,
         }
+
+    def record(self) -> dict[str, Any]:
+        """What records.py keeps of a sandbox made from a warm container."""
+        return {"sandbox_id": self.sandbox_id, "owner": self.owner,
+                "workload_class": self.workload_class, "image": self.image,
+                "container_id": self.container_id, "created_at": self.created_at,
+                "expires_at": self.expires_at, "idle_timeout": self.idle_timeout,
+                "env": self.env, "workdir": self.workdir, "user": self.user}
+
+    @classmethod
+    def from_record(cls, found: Mapping[str, Any]) -> Sandbox | None:
+        try:
+            return cls(sandbox_id=str(found["sandbox_id"]), owner=str(found["owner"]),
+                       workload_class=str(found["workload_class"]), image=str(found["image"]),
+                       container_id=str(found["container_id"]),
+                       created_at=float(found["created_at"]),
+                       expires_at=float(found["expires_at"]),
+                       idle_timeout=float(found["idle_timeout"]),
+                       env={str(k): str(v) for k, v in dict(found["env"]).items()},
+                       workdir=str(found["workdir"]), user=str(found["user"]), warm=True)
+        except (KeyError, ValueError, TypeError):
+            return None
 
     @classmethod
     def from_container(cls, info: Mapping[str, Any]) -> Sandbox | None:
