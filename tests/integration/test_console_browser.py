@@ -123,6 +123,7 @@ async def test_cancel_from_the_page_cancels_a_running_task(stack: Stack, browser
     await stack.wait_container(task_id)
     browser.get(f"{stack.daemon.http_url}/console/tasks/{task_id}")
     assert browser.find_element(By.ID, "task-status").text == "running"
+    assert browser.find_element(By.ID, "sent-to").text == stack.env_manager_addr
     browser.find_element(By.ID, "cancel").click()
     browser.switch_to.alert.accept()
     wait_for(browser, lambda b: b.find_element(By.ID, "task-status").text == "cancelled",

@@ -84,6 +84,7 @@ def routes(console: Console) -> list[web.RouteDef]:
             payload=_pretty_map(stored), result=_result_view(task.result),
             events=events, attempts=_attempts(events),
             endpoints=[e.address for e in domain.settings.env_managers],
+            sent_to=_sent_to(domain.executor, task),
             max_attempts=task.max_attempts or getattr(
                 domain.settings.classes.get(task.task_class), "max_attempts", "?"),
             flash=request.query.get("done", ""))
@@ -119,6 +120,14 @@ def routes(console: Console) -> list[web.RouteDef]:
         web.post(PREFIX + "/tasks/{id}/cancel", console.action(cancel)),
         web.post(PREFIX + "/tasks/{id}/resubmit", console.action(resubmit)),
     ]
+
+
+def _sent_to(executor: object, task: Task) -> list[str]:
+    """Where the running execution was sent (env-manager endpoints), when the executor says."""
+    where = getattr(executor, "endpoints", None)
+    if where is None or task.status.terminal:
+        return []
+    return [str(address) for address in where(task.execution_id, task.task_class)]
 
 
 def _attempts(events: list[Event]) -> list[dict[str, Any]]:

@@ -183,6 +183,15 @@ class EnvManagerExecutor:
         if client not in record.tried:
             record.tried.append(client)
 
+    def endpoints(self, execution_id: str, task_class: str) -> list[str]:
+        """The addresses an execution in flight was sent to, the latest last ([] once it has
+        its answer: the record goes then). For the web console's task page."""
+        record = self._dispatched.get(execution_id)
+        if record is None:
+            return []
+        latest = self._clients[record.latest]
+        return [c.address for c in record.tried if c is not latest] + [latest.address]
+
     async def cancel(self, execution_id: str, task_class: str) -> None:
         # The endpoints it was sent to, else (nothing recorded) every one: killing nothing is
         # harmless. The entry is used up: the scheduler cancels an execution once.

@@ -53,6 +53,11 @@ class RoutingExecutor:
     async def cancel(self, execution_id: str, task_class: str) -> None:
         await self.owner(task_class).cancel(execution_id, task_class)
 
+    def endpoints(self, execution_id: str, task_class: str) -> list[str]:
+        """The owner's `endpoints` (EnvManagerExecutor's), [] when it keeps none."""
+        where = getattr(self.owner(task_class), "endpoints", None)
+        return list(where(execution_id, task_class)) if where is not None else []
+
     async def wait_until_available(self, task_class: str) -> None:
         await self.owner(task_class).wait_until_available(task_class)
 
