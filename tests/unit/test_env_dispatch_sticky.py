@@ -192,3 +192,17 @@ async def test_a_single_endpoint_is_never_asked(silence: str | None) -> None:
     assert await endpoints.attempt("e1", SLOW) == 0
     assert await endpoints.attempt("e1", OK) == 0
     assert endpoints.probes() == [0]
+
+
+async def test_the_endpoints_of_an_execution_in_flight_are_told_latest_last() -> None:
+    endpoints = Endpoints(3)
+    endpoints.room(0)
+    assert await endpoints.attempt("e1", DOWN) == 0
+    endpoints.fakes[0].unreachable = DOWN
+    endpoints.room(2)
+    assert await endpoints.attempt("e1", DOWN) == 2
+    address = [fake.address for fake in endpoints.fakes]
+    assert endpoints.executor.endpoints("e1", "cpu_short") == [address[0], address[2]]
+    endpoints.fakes[0].unreachable = None
+    assert await endpoints.attempt("e1", OK) == 2
+    assert endpoints.executor.endpoints("e1", "cpu_short") == []  # answered: none in flight
