@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from agent_infra.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
@@ -179,20 +179,28 @@ class Orchestrator:
         self._result_streams.add(changes)
         try:
             current = await self._current(task_ids, include_completed)
-            last: dict[str, tuple[str, int]] = {}
+            # What the first read showed of each task: a change made between subscribing and
+            # reading is in both, and is sent once. Only tasks of that read are remembered, and
+            # only until they end, so a stream open for days holds nothing per task it saw.
+            shown: dict[str, tuple[str, int]] = {}
             open_ids = set(wanted)
             for task in current:
-                last[task.id] = (task.status.value, task.attempts)
+                shown[task.id] = (task.status.value, task.attempts)
                 if task.status.terminal:
                     open_ids.discard(task.id)
                 if include_completed or not task.status.terminal:
                     yield task
+            del current
             while not wanted or open_ids:
                 task = await changes.get()
                 key = (task.status.value, task.attempts)
-                if last.get(task.id) == key:
-                    continue  # already sent (it changed between subscribing and reading)
-                last[task.id] = key
+                if task.id in shown:
+                    if shown[task.id] == key:
+                        continue  # already sent (it changed between subscribing and reading)
+                    if task.status.terminal:
+                        del shown[task.id]
+                    else:
+                        shown[task.id] = key
                 if task.status.terminal:
                     open_ids.discard(task.id)
                 yield task
@@ -213,8 +221,7 @@ class Orchestrator:
             if missing:
                 raise NotFound(f"unknown task id(s): {', '.join(sorted(set(missing)))[:500]}")
             return [found[t] for t in dict.fromkeys(task_ids)]
-        live = await self.store.read(tasks_repo.unfinished)
-        current = [replace(t) for t in live]
+        current = await self.store.read(tasks_repo.unfinished)
         if include_completed:
             recent = await self.store.read(lambda conn: tasks_repo.page(
                 conn, statuses=FINISHED, task_class="",

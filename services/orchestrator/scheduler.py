@@ -6,9 +6,11 @@ the store's unfinished tasks are queued again, running ones included: they are r
 the same execution id, which env-manager attaches to instead of running a second container.
 Whatever happens to one task (its failure, an executor error, a bug) ends that task only.
 
-Payloads stay on disk until dispatch: the in-memory record of a task (what ordering, limits and
-status reads need) never holds its payload, which the write marking the task running reads
-back from the store. 100,000 pending 1 MB tasks cost the store's disk, not the daemon's memory.
+Pending tasks stay on disk until dispatch: a queue holds only (priority, seq, id) of each task
+waiting in it, and the task's row is read back when it is dispatched (its payload by the write
+marking it running). A task has an in-memory record only from its dispatch to its end (and
+while it waits for a retry), so a backlog of 100,000 tasks costs the store's disk and about
+200 bytes of memory a task, whatever their payloads.
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ class ClassQueue:
     running: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def push(self, task: Task) -> None:
-        heapq.heappush(self.heap, (-task.priority, task.seq, task.id))
-        self.queued.add(task.id)
+    def push(self, priority: int, seq: int, task_id: str) -> None:
+        heapq.heappush(self.heap, (-priority, seq, task_id))
+        self.queued.add(task_id)
         # A class at its limit is woken by the completion that frees a slot; waking its loop
         # for every submit into a backlog would only make it look and sleep again.
         if self.running < self.settings.concurrency:
@@ -88,7 +90,9 @@ class Scheduler:
         self._limits = limits
         self._metrics = metrics
         metrics.watch_queues(self.queue_depths)
-        self._live: dict[str, Task] = {}  # every non-terminal task, its payload left on disk
+        # Every task from its dispatch to its end (retry waits included), payload left on disk;
+        # a task still waiting for its first dispatch is only in its queue.
+        self._live: dict[str, Task] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._seq = 0
@@ -99,15 +103,19 @@ class Scheduler:
     async def start(self) -> int:
         """Queue what the store holds unfinished; returns how many tasks were recovered."""
         self._seq = await self._store.read(tasks_repo.max_seq)
-        recovered = await self._store.read(tasks_repo.unfinished)
-        for task in recovered:
-            queue = self._queues.get(task.task_class)
-            if queue is None:
+        recovered = await self._store.read(tasks_repo.unfinished_keys)
+        running = {key.id for key in recovered if key.status == TaskState.RUNNING.value}
+        orphans = {key.id for key in recovered if key.task_class not in self._queues}
+        for task in await self._store.read(
+                lambda conn: tasks_repo.get_many(conn, sorted(running | orphans))):
+            if task.id in orphans:
                 await self._finish(task, TaskState.FAILED, {},
                                    f"class {task.task_class!r} is no longer configured")
-                continue
-            self._live[task.id] = task
-            queue.push(task)
+            else:
+                self._live[task.id] = task
+        for key in recovered:
+            if key.id not in orphans:
+                self._queues[key.task_class].push(key.priority, key.seq, key.id)
         for queue in self._queues.values():
             self._loops.append(asyncio.get_running_loop().create_task(self._dispatch_loop(queue)))
         if recovered:
@@ -144,8 +152,8 @@ class Scheduler:
         queue = self._queues[request.task_class]
         self._seq += 1
         seq = self._seq
-        existing = self._live.get(request.id)
-        if existing is None and len(queue.queued) >= queue.settings.max_backlog:
+        known = request.id in queue.queued or request.id in self._live
+        if not known and len(queue.queued) >= queue.settings.max_backlog:
             raise ResourceExhausted(
                 f"class {request.task_class!r} has {len(queue.queued)} pending tasks, its "
                 f"max_backlog; retry later")
@@ -153,12 +161,9 @@ class Scheduler:
             lambda tx: tasks_repo.insert(tx, request, seq, run_id, step_id))
         task = submitted.task
         if submitted.created:
-            live = task.snapshot()
-            live.payload = {}  # on disk until dispatch (see the module's docstring)
-            self._live[task.id] = live
-            queue.push(live)
+            queue.push(task.priority, task.seq, task.id)  # the row waits on disk (docstring)
             self._metrics.submitted(task.task_class)
-            self._notify(live)
+            self._notify(task)
         return task, submitted.created
 
     def _validated(self, request: TaskRequest) -> TaskRequest:
@@ -193,10 +198,15 @@ class Scheduler:
     async def cancel(self, task_id: str) -> Task:
         task = self._live.get(task_id)
         if task is None:
-            return await self.get(task_id)  # already terminal (or NotFound)
+            stored = await self.get(task_id)  # NotFound when there is no such task
+            if stored.status.terminal:
+                return stored
+            # Waiting for its first dispatch (or dispatched while it was being read).
+            task = self._live.get(task_id, stored)
         # A task back in the queue after a transient dispatch failure may still be running on
         # the backend under the same execution id (the failure may have been the reply's).
-        was_dispatched = task.status is TaskState.RUNNING or task.attempts > 0
+        was_dispatched = (task.status is TaskState.RUNNING or task.attempts > 0
+                          or task_id in self._runs)
         await self._finish(task, TaskState.CANCELLED, {}, "cancelled by request")
         self._queues[task.task_class].queued.discard(task_id)
         run = self._runs.get(task_id)
@@ -243,10 +253,17 @@ class Scheduler:
             await queue.wake.wait()
         await self._executor.wait_until_available(queue.name)
         task_id = queue.pop()
-        if task_id is None or task_id not in self._live:
+        if task_id is None:
             return
+        task = self._live.get(task_id)
+        if task is None:
+            # Its first dispatch: the row is read back now (without its payload).
+            found = await self._store.read(lambda conn: tasks_repo.get_many(conn, [task_id]))
+            if not found or found[0].status.terminal:
+                return  # cancelled while it waited
+            task = self._live.setdefault(task_id, found[0])
         queue.running += 1
-        run = asyncio.get_running_loop().create_task(self._run(self._live[task_id], queue))
+        run = asyncio.get_running_loop().create_task(self._run(task, queue))
         self._runs[task_id] = run
 
     async def _run(self, task: Task, queue: ClassQueue) -> None:
@@ -268,7 +285,7 @@ class Scheduler:
 
     def _requeue(self, task: Task) -> None:
         if task.id in self._live and task.status is TaskState.PENDING:
-            self._queues[task.task_class].push(task)
+            self._queues[task.task_class].push(task.priority, task.seq, task.id)
 
     async def _attempt(self, task: Task) -> float | None:
         """Run one dispatch of the task; the delay before it is queued again, or None."""
@@ -278,6 +295,9 @@ class Scheduler:
         payload = await self._store.write(
             lambda tx: tasks_repo.mark_running(tx, task.id, attempt, now))
         if payload is None:
+            # Ended meanwhile (a cancel that read the row before this dispatch did).
+            if self._live.get(task.id) is task:
+                del self._live[task.id]
             return None
         waited = now - task.submitted_at
         # The same instant as stored, so a stream and a later read agree to the microsecond.

@@ -11,7 +11,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent_infra.runtime.errors import AlreadyExists
 
@@ -161,6 +161,23 @@ def unfinished(conn: sqlite3.Connection) -> list[Task]:
     rows = conn.execute(
         f"SELECT {_COLUMNS_NO_PAYLOAD} FROM tasks WHERE {_NOT_TERMINAL} ORDER BY seq")
     return [_task(row) for row in rows]
+
+
+class QueueKey(NamedTuple):
+    """What queueing an unfinished task needs, and no more."""
+
+    id: str
+    task_class: str
+    priority: int
+    seq: int
+    status: str
+
+
+def unfinished_keys(conn: sqlite3.Connection) -> list[QueueKey]:
+    """Every pending or running task's queue key, in submit order."""
+    rows = conn.execute(f"SELECT id, task_class, priority, seq, status FROM tasks "
+                        f"WHERE {_NOT_TERMINAL} ORDER BY seq")
+    return [QueueKey(*row) for row in rows]
 
 
 def max_seq(conn: sqlite3.Connection) -> int:

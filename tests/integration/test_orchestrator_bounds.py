@@ -8,8 +8,10 @@ older than the retention period are deleted, but never one a live workflow run r
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -94,17 +96,18 @@ async def test_pending_payloads_are_not_in_memory_and_load_at_dispatch(
         returned, _ = await orch.scheduler.submit(TaskRequest("p1", "cpu_short", payload))
         await orch.scheduler.submit(TaskRequest("p2", "cpu_short", {"blob": "y" * BLOB}))
         assert returned.payload == payload  # the caller's answer is unchanged
-        live = orch.scheduler._live
-        assert set(live) == {"p1", "p2"}
-        assert all(task.payload == {} for task in live.values())
+        # Waiting for their first dispatch, they are queue keys only: no record in memory.
+        assert orch.scheduler._live == {}
+        assert orch.scheduler.queue_depths()["cpu_short"] == (2, 0)
+        assert (await orch.scheduler.get("p2")).status is TaskState.PENDING
     finally:
         await orch.close()
 
-    # A restart reloads what ordering needs, not the payloads.
+    # A restart reloads what ordering needs, not the tasks and their payloads.
     orch = await open_orchestrator(tmp_path, backend)
     try:
-        live = orch.scheduler._live
-        assert set(live) == {"p1", "p2"} and all(t.payload == {} for t in live.values())
+        assert orch.scheduler._live == {}
+        assert orch.scheduler.queue_depths()["cpu_short"] == (2, 0)
         backend.fail_once.add("p1")
         settings_now = settings(tmp_path, 1)
         orch.reconfigure(settings_now)
@@ -155,6 +158,78 @@ async def test_restart_with_many_large_pending_tasks_keeps_rss_low(tmp_path: Pat
     # Before: the payloads came back with the tasks (+51 MB and more). Now only their rows'
     # metadata does; the margin covers allocator and page-cache noise.
     assert recovered - idle < 25, (idle, recovered)
+
+
+def _traced_bytes(snapshot_before: tracemalloc.Snapshot, *modules: str) -> int:
+    """Bytes allocated since `snapshot_before` (and still held) by lines of these modules."""
+    after = tracemalloc.take_snapshot()
+    filters = [tracemalloc.Filter(True, f"*/agent_infra/orchestrator/{m}") for m in modules]
+    return sum(stat.size_diff for stat in after.filter_traces(filters).compare_to(
+        snapshot_before.filter_traces(filters), "filename"))
+
+
+async def test_a_backlog_costs_queue_keys_not_task_records(tmp_path: Path,
+                                                           backend: Recorder) -> None:
+    """Each task waiting for its first dispatch holds (priority, seq, id) in memory and no more
+    (it held a whole Task record, ~700 bytes of the scheduler's own, before)."""
+    count = 2000
+    orch = await open_orchestrator(tmp_path, backend)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for start in range(0, count, 100):
+            await asyncio.gather(*(orch.scheduler.submit(TaskRequest(
+                f"backlog-{i:05d}", "cpu_short", {"command": "true"}))
+                for i in range(start, start + 100)))
+        gc.collect()
+        held = _traced_bytes(before, "scheduler.py", "model.py", "tasks_repo.py", "store.py")
+        assert held / count < 300, f"{held / count:.0f} bytes a pending task"
+    finally:
+        tracemalloc.stop()
+        await orch.close()
+
+
+async def test_a_long_open_results_stream_holds_nothing_per_finished_task(
+        tmp_path: Path, backend: Recorder) -> None:
+    """A StreamTaskResults of every task, open for days, remembers nothing of the tasks it has
+    passed on (it kept each one's last state for the stream's life before: ~150 bytes a task,
+    times every such stream)."""
+    count = 1500
+    orch = await open_orchestrator(tmp_path, backend, concurrency=8)
+    seen: list[str] = []
+    progress = asyncio.Condition()
+    stream = orch.watch_tasks([], include_completed=False)
+
+    async def read() -> None:
+        async for task in stream:
+            if task.status.terminal:
+                async with progress:
+                    seen.append(task.id)
+                    progress.notify_all()
+
+    async def seen_at_least(n: int, timeout: float) -> None:
+        async with asyncio.timeout(timeout), progress:
+            await progress.wait_for(lambda: len(seen) >= n)
+
+    reader = asyncio.create_task(read())
+    tracemalloc.start()
+    try:
+        await orch.scheduler.submit(TaskRequest("warm-up", "cpu_short", {}))
+        await seen_at_least(1, 60)
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        for start in range(0, count, 100):
+            await asyncio.gather(*(orch.scheduler.submit(TaskRequest(
+                f"done-{i:05d}", "cpu_short", {})) for i in range(start, start + 100)))
+        await seen_at_least(count + 1, 120)
+        gc.collect()
+        held = _traced_bytes(before, "domain.py")
+        assert held < 20_000, f"the stream holds {held} bytes after {count} finished tasks"
+    finally:
+        tracemalloc.stop()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await orch.close()
 
 
 # -- results streams are bounded ----------------------------------------------------------------
