@@ -270,8 +270,10 @@ async def test_services_page_tails_logs_and_stops_and_starts(
     updates = [update async for update in stub.StartServices(
         em_pb.StartServicesRequest(service_names=["ticker"]), timeout=120)]
     assert updates and updates[-1].status in ("healthy", "running"), updates
-    browser.get(f"{stack.daemon.http_url}/console/services?endpoint=0&service=ticker")
-    assert row_state(browser) == "running"
+    browser.get(f"{stack.daemon.http_url}/console/services")
+    # The first service is tailed (ticker: the only one), its state filled in live.
+    wait_for(browser, lambda d: "service=ticker" in d.current_url and row_state(d) == "running",
+             "ticker shown running")
     assert stack.env_manager_addr in browser.find_element(By.CSS_SELECTOR,
                                                           "section.endpoint h2").text
     wait_for(browser, lambda d: "tick-" in d.find_element(By.ID, "log-tail").text,
@@ -332,10 +334,16 @@ async def test_bad_input_and_a_down_env_manager_get_clear_answers(stack: Stack) 
                 assert (response.status, words in answer["error"]) == (status, True), answer
 
         await stack.stop_env_manager()
-        async with http.get(f"{base}/console/services") as response:
-            page = await response.text()
-            assert response.status == 200, page
-            assert 'class="endpoint-state unavailable"' in page and stack.env_manager_addr in page
+        async def shows_unavailable() -> bool:
+            async with http.get(f"{base}/console/services") as response:
+                page = await response.text()
+                assert response.status == 200, page
+                assert stack.env_manager_addr in page
+                return 'class="endpoint-state unavailable"' in page
+        # The page shows the last status the live stream's poller read: keep one open.
+        async with http.get(f"{base}/console/services/live") as live:
+            assert live.status == 200
+            await eventually(shows_unavailable, "the endpoint shown unavailable", timeout=WAIT)
         async with http.post(f"{base}/console/services/0/ticker/restart",
                              headers=headers) as response:
             answer = await response.json()

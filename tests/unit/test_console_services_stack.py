@@ -3,12 +3,15 @@ an endpoint nobody listens on, and the mapping of what env-manager answers."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from agent_infra.client import ConnectionConfig, EnvManagerClient
 from agent_infra.client.env_manager_models import ResourceUsage, ServiceStatus
 from agent_infra.client.errors import InfraUnavailable
 from agent_infra.client.errors import NotFound as ClientNotFound
-from agent_infra.orchestrator.console import services_stack
+from agent_infra.orchestrator.console import services_feed, services_stack
+from agent_infra.orchestrator.console.services_feed import StatusFeed
 from agent_infra.orchestrator.console.services_stack import ServicesStack
 from agent_infra.runtime.errors import InvalidArgument, NotFound, Unavailable
 
@@ -71,3 +74,34 @@ def test_service_view_summarises_state_health_and_usage() -> None:
     assert (stopped.health, stopped.cpu_percent, stopped.memory_bytes) == ("", None, None)
     plain = services_stack.service_view(ServiceStatus("db", "running", "c", (), {}, 1, None))
     assert plain.health == "no check"
+
+
+async def test_one_status_poller_feeds_every_listener_and_stops_with_the_last() -> None:
+    client = nobody_listening()
+    stack = ServicesStack([client])
+    asked = 0
+    real_status = stack.status
+
+    async def counted() -> list[services_stack.EndpointView]:
+        nonlocal asked
+        asked += 1
+        return await real_status()
+
+    stack.status = counted  # type: ignore[method-assign]
+    feed = StatusFeed(lambda: stack)
+    try:
+        assert feed.latest() is None
+        first, second = feed.listen(), feed.listen()
+        [one] = await asyncio.wait_for(first.get(), 30)
+        [two] = await asyncio.wait_for(second.get(), 30)
+        assert one is two and one.state == "unavailable"
+        assert feed.latest() == [one] and asked == 1
+        late = feed.listen()  # gets the last snapshot at once
+        assert late.get_nowait() == [one]
+        for queue in (first, second, late):
+            await feed.leave(queue)
+        polled = asked
+        await asyncio.sleep(services_feed.STATUS_INTERVAL * 2)
+        assert asked == polled  # nobody listens: nobody asks
+    finally:
+        await client.close()

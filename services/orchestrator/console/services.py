@@ -4,8 +4,8 @@ GET  /console/services?endpoint=I&service=NAME  every endpoint's services: state
                                                 ports, CPU, memory; the log tail of one
 GET  /console/services/live?endpoint=I&service=NAME
                                                 server-sent events: `status` (every endpoint,
-                                                sent at once and whenever it changes, checked
-                                                every STATUS_INTERVAL s), `log_start`, `log`,
+                                                sent at once and whenever it changes: see
+                                                services_feed.py), `log_start`, `log`,
                                                 `log_end` for the named service, `reconnect`
 POST /console/services/{endpoint}/{name}/{start|stop|restart}
                                                 JSON {"success", "message"}; errors JSON with
@@ -27,19 +27,16 @@ from typing import Any
 
 import orjson
 from agent_infra.runtime.errors import DomainError, InvalidArgument, NotFound, shorten
-from agent_infra.runtime.logs import get_logger
 from agent_infra.runtime.parsing import parse_int
 from agent_infra.runtime.status import http_status
 from aiohttp import web
 
 from ..events import Subscription
+from .services_feed import StatusFeed
 from .services_stack import EndpointView, ServicesStack, check_name
 from .shell import PREFIX, Console, json_error
 
-log = get_logger("console")
-
 BASE = PREFIX + "/services"
-STATUS_INTERVAL = 2.0
 LOG_TAIL = 100
 # Messages held for a slow page; a log faster than the page reads waits (it is a followed
 # gRPC stream: env-manager holds the rest).
@@ -59,6 +56,8 @@ def routes(console: Console) -> list[web.RouteDef]:
             holder.append(ServicesStack.of(console.domain().executor))
         return holder[0]
 
+    feed = StatusFeed(stack)
+
     async def page(request: web.Request) -> web.StreamResponse:
         try:
             endpoint, service = _selection(request, stack())
@@ -67,8 +66,11 @@ def routes(console: Console) -> list[web.RouteDef]:
             error = str(exc)
         else:
             error = ""
-        endpoints = await stack().status()
-        if not service and endpoints and endpoints[endpoint].services:
+        # The shared feed's last snapshot (GetServicesStatus takes about 2 s); without one the
+        # page shows each endpoint as "checking" and its live stream fills it in.
+        endpoints = feed.latest() or [EndpointView(index, address, "checking", "", ())
+                                      for index, address in enumerate(stack().addresses)]
+        if not service and endpoint < len(endpoints) and endpoints[endpoint].services:
             service = endpoints[endpoint].services[0].name
         return console.render(request, "services.html", section="services", title="Services",
                               endpoints=endpoints, endpoint=endpoint, service=service,
@@ -91,7 +93,7 @@ def routes(console: Console) -> list[web.RouteDef]:
         # The event hub's subscriptions end when the daemon stops: so does this stream.
         closing = console.domain().events.subscribe(["workflow_created"])
         jobs = [loop.create_task(_until_closed(closing, queue)),
-                loop.create_task(_watch_status(stack(), queue, endpoint, latest, changed))]
+                loop.create_task(_watch_status(feed, queue, endpoint, latest, changed))]
         if service:
             jobs.append(loop.create_task(
                 _follow(stack(), queue, endpoint, service, latest, changed)))
@@ -177,29 +179,27 @@ async def _until_closed(subscription: Subscription, queue: asyncio.Queue[tuple[s
     await queue.put(("end", "the daemon is stopping"))
 
 
-async def _watch_status(stack: ServicesStack, queue: asyncio.Queue[tuple[str, Any]],
+async def _watch_status(feed: StatusFeed, queue: asyncio.Queue[tuple[str, Any]],
                         endpoint: int, latest: dict[str, str], changed: asyncio.Event) -> None:
     """Every endpoint's status now, then whenever it changes (CPU and memory included)."""
     last: Any = None
-    while True:
-        try:
-            views = await stack.status()
-        except Exception as exc:  # a bug or a closed client: end the stream, say why
-            log.warning("console_services_status_failed", error=repr(exc)[:300])
-            await queue.put(("end", "status unavailable"))
-            return
-        snapshot = [endpoint_json(view) for view in views]
-        if snapshot != last:
-            last = snapshot
-            await queue.put(("status", {"endpoints": snapshot}))
-        if endpoint < len(views):
-            current = {s.name: s.container_id if s.state != "stopped" else ""
-                       for s in views[endpoint].services}
-            if current != latest:
-                latest.clear()
-                latest.update(current)
-                changed.set()
-        await asyncio.sleep(STATUS_INTERVAL)
+    snapshots = feed.listen()
+    try:
+        while True:
+            views = await snapshots.get()
+            snapshot = [endpoint_json(view) for view in views]
+            if snapshot != last:
+                last = snapshot
+                await queue.put(("status", {"endpoints": snapshot}))
+            if endpoint < len(views):
+                current = {s.name: s.container_id if s.state != "stopped" else ""
+                           for s in views[endpoint].services}
+                if current != latest:
+                    latest.clear()
+                    latest.update(current)
+                    changed.set()
+    finally:
+        await feed.leave(snapshots)
 
 
 async def _follow(stack: ServicesStack, queue: asyncio.Queue[tuple[str, Any]], endpoint: int,

@@ -76,7 +76,16 @@
   if (service) params.set("service", service);
   const source = new EventSource(root.dataset.liveUrl + "?" + params);
   const json = (message) => { try { return JSON.parse(message.data); } catch (e) { return null; } };
-  source.addEventListener("status", (m) => { const d = json(m); if (d) showStatus(d.endpoints); });
+  source.addEventListener("status", (m) => {
+    const d = json(m);
+    if (!d) return;
+    showStatus(d.endpoints);
+    const mine = d.endpoints.find((ep) => String(ep.index) === endpoint);
+    // No service chosen: tail the first one (the page was drawn before the stack answered).
+    if (!service && mine && mine.services.length) {
+      window.location.replace("?endpoint=" + endpoint + "&service=" + encodeURIComponent(mine.services[0].name));
+    }
+  });
   source.addEventListener("log_start", () => { if (logPane) logPane.replaceChildren(); if (logState) logState.textContent = "following"; });
   source.addEventListener("log", (m) => { const d = json(m); if (d) addLine(d); });
   source.addEventListener("log_end", (m) => { const d = json(m); if (logState && d) logState.textContent = "ended: " + d.reason; });
