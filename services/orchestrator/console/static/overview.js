@@ -9,7 +9,9 @@
     const rows = Object.keys(data.classes).sort().map((name) =>
       el("tr", {"data-class": name},
         el("td", {}, el("a", {href: C.prefix + "/tasks?class=" + encodeURIComponent(name), text: name})),
-        STATES.map((s) => el("td", {class: "num", "data-status": s, text: data.classes[name][s]}))));
+        STATES.map((s) => el("td", {class: "num", "data-status": s},
+          el("a", {href: C.prefix + "/tasks?class=" + encodeURIComponent(name) + "&status=" + s,
+            text: data.classes[name][s]})))));
     body.replaceChildren(...rows);
     for (const s of STATES) {
       const cell = document.querySelector('#counts tfoot [data-status="' + s + '"]');
