@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from unittest import mock
 
 from agent_infra.orchestrator.console import access as access_module
-from agent_infra.orchestrator.console.access import COOKIE, Access, safe_next
+from agent_infra.orchestrator.console.access import COOKIE, Access, safe_next, same_origin
 from agent_infra.orchestrator.console.stream import QUEUE_SIZE, _message, _pump
 from agent_infra.orchestrator.model import Event
 from aiohttp import web
@@ -77,3 +77,18 @@ def test_a_message_is_one_sse_event_named_by_its_type() -> None:
     lines = text.split("\n")
     assert lines[:2] == ["id: 7", "event: task_failed"]
     assert lines[2].startswith("data: {") and text.endswith("\n\n") and text.count("\n") == 4
+
+
+def test_a_change_must_come_from_this_site() -> None:
+    def origin(**headers: str) -> bool:
+        return same_origin(make_mocked_request("POST", "/", headers={"Host": "127.0.0.1:9097",
+                                                                     **headers}))
+
+    assert origin()  # no Origin: not a browser (the CSRF token still has to match)
+    assert origin(Origin="http://127.0.0.1:9097")
+    assert origin(Origin="https://127.0.0.1:9097")  # TLS ended by a proxy in front
+    assert not origin(Origin="http://evil.example")
+    assert not origin(Origin="http://127.0.0.1:9098")
+    assert not origin(Origin="null")
+    assert not origin(**{"Sec-Fetch-Site": "cross-site"})
+    assert not origin(**{"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:9097"})
