@@ -161,6 +161,13 @@ class WarmPool:
     async def start(self) -> int:
         """Remove the warm containers an earlier process left (but those an owner claimed), then
         start filling; how many were removed. Call once, after task recovery."""
+        removed = await self._sweep("left unclaimed by an earlier process")
+        self._started = True
+        self._keep_classes()
+        return removed
+
+    async def _sweep(self, reason: str) -> int:
+        """Remove every warm container of the stack that no owner claims; how many."""
         keep: set[str] = set()
         for owner in self._owners:
             keep |= await owner()
@@ -172,9 +179,7 @@ class WarmPool:
         await asyncio.gather(*(remove(self.engine, cid) for cid in garbage),
                              return_exceptions=True)
         if garbage:
-            log.info("warm_containers_removed", count=len(garbage), reason="left unclaimed")
-        self._started = True
-        self._keep_classes()
+            log.info("warm_containers_removed", count=len(garbage), reason=reason)
         return len(garbage)
 
     def configure(self, classes: Mapping[str, WorkloadClass], output_limit: int) -> None:
@@ -201,6 +206,11 @@ class WarmPool:
                 self.discard(ready.popleft())
         while self._removals:
             await asyncio.gather(*list(self._removals), return_exceptions=True)
+        if self._started:
+            # A refill cut short may have left a container the engine made but never named to
+            # us: nothing unclaimed is left behind.
+            with contextlib.suppress(Exception):  # the engine is gone: the next start sweeps
+                await self._sweep("shutdown")
 
     # -- keeping each class filled ----------------------------------------------------------------
 
