@@ -46,7 +46,8 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.docker]
 # cpu_short runs a signature node's payload with this handler: it prints the payload.
 HANDLER = (f'[workload_classes.cpu_short.handler]\nimage = "{TEST_IMAGE}"\n'
            'command = ["sh", "-c", "cat; echo"]\n')
-TICKER = busybox_service("ticker", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done")
+TICKER = busybox_service(
+    "ticker", 'i=0; while true; do i=$((i+1)); echo "tick-$i <b>&</b>"; sleep 0.3; done')
 NODE_IDS = {"answer", "check", "score", "lint", "note"}
 
 
@@ -241,6 +242,14 @@ async def service_state(stack: Stack) -> str:
     return str(found.services["ticker"].status)
 
 
+async def service_started_at(stack: Stack) -> tuple[str, int]:
+    assert stack.env_manager is not None
+    stub = env_manager_pb2_grpc.EnvManagerServiceStub(stack.env_manager.channel())
+    found = await stub.GetServicesStatus(
+        em_pb.GetServicesStatusRequest(service_names=["ticker"]), timeout=30)
+    return found.services["ticker"].container_id, found.services["ticker"].started_at
+
+
 async def wait_service(stack: Stack, wanted: str) -> None:
     async def reached() -> bool:
         return await service_state(stack) == wanted
@@ -297,7 +306,23 @@ async def test_services_page_tails_logs_and_stops_and_starts(
     # The tail follows the new container.
     wait_for(browser, lambda d: d.find_element(By.ID, "log-state").text == "following"
              and "tick-" in d.find_element(By.ID, "log-tail").text, "the new container's log")
+    # A log line is text: the markup in it is shown, not made into elements.
+    assert "tick-1 <b>&</b>" in browser.find_element(By.ID, "log-tail").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#log-tail b")
     shoot(browser, tmp_path / "services-started.png")
+
+    before = await service_started_at(stack)
+    browser.find_element(By.CSS_SELECTOR,
+                         'tr[data-service="ticker"] button[data-action="restart"]').click()
+    wait_for(browser, lambda d: "ok" in (d.find_element(By.ID, "action-result")
+                                         .get_attribute("class") or "")
+             and not d.find_element(By.ID, "action-result").text.endswith("\u2026"),
+             "the restart's answer")
+
+    async def restarted() -> bool:
+        return (await service_state(stack) == "running"
+                and await service_started_at(stack) != before)
+    await eventually(restarted, "ticker restarted (GetServicesStatus)", timeout=WAIT)
     assert console_errors(browser) == []
     browser.get("about:blank")  # its live stream closes
 
