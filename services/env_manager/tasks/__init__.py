@@ -10,5 +10,8 @@ core.py       TaskRunner's state; launching an execution, storing its result, re
 abandon.py    the abandon-grace watcher: stop work whose callers have all gone
 recovery.py   adopting the task containers an earlier process left; shutdown
 slots.py      a class's concurrency limit
+warm.py       warm containers: a class's pool of started containers, each handed one job
+handover.py   the stub a warm container waits in, and the quoted hand-over it reads on stdin
+warm_run.py   a task run in a warm container: claim stored first, adoption after a restart
 results.py    the result map of a finished run, fitted into a response
 """
