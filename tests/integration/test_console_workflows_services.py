@@ -191,6 +191,16 @@ async def test_typed_workflow_graph_follows_a_run_to_the_end(
     shoot(browser, tmp_path / "workflow-done.png", "workflow-graph")
     assert console_errors(browser) == []
 
+    # The runs table follows runs started elsewhere, live.
+    def run_row(run: str) -> str:
+        rows = browser.find_elements(By.CSS_SELECTOR, f'table.runs tr[data-run-id="{run}"]')
+        return rows[0].find_element(By.CSS_SELECTOR, ".status").text if rows else ""
+    assert run_row(run_id) == "completed"
+    code, other = await stack.http("POST", f"/workflows/{workflow_id}/runs", body={})
+    assert code == 201, other
+    wait_for(browser, lambda d: run_row(other["id"]) == "completed",
+             "the new run listed and completed")
+
     browser.get(f"{base}/console/workflow-runs/{run_id}")
     rows = browser.find_elements(By.CSS_SELECTOR, "table.steps tr[data-step-id]:not(.step-detail)")
     assert {row.get_attribute("data-step-id") for row in rows} == NODE_IDS

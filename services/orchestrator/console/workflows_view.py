@@ -16,8 +16,9 @@ from ..workflows.records import Run, Workflow
 # A step's result (or the spec) shown on a page beyond this is cut, saying so.
 MAX_SHOWN_CHARS = 20_000
 RUNS_SHOWN = 20
-STEP_EVENT_TYPES = ("workflow_step_started", "workflow_step_completed", "workflow_step_failed",
-                    "workflow_step_skipped", "workflow_completed", "workflow_failed")
+STEP_EVENT_TYPES = ("workflow_started", "workflow_step_started", "workflow_step_completed",
+                    "workflow_step_failed", "workflow_step_skipped", "workflow_completed",
+                    "workflow_failed")
 EXAMPLE_SPEC = json.dumps({
     "name": "hello", "description": "two steps, one after the other",
     "steps": [

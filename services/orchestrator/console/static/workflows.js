@@ -1,15 +1,20 @@
-// Workflows pages: colour the graph's steps (and the run page's step table) from the console's
-// event stream. On each (re)connect the run's state is read again, so nothing between the page's
-// render and the stream's start is missed; a step's state only ever moves forward.
+// Workflows pages, from one stream of the console's events:
+// - the shown run: its steps' colours in the graph (and the run page's step table). On each
+//   (re)connect the run's state is read again, so nothing between the page's render and the
+//   stream's start is missed; a step's state only ever moves forward.
+// - the workflow's runs table: each run's status as it changes; a new run is added on top.
 "use strict";
 (function () {
   const view = document.getElementById("run-view");
-  if (!view || !view.dataset.runId || !window.Console) return;
-  const runId = view.dataset.runId;
+  if (!view || !window.Console) return;
+  const el = Console.el;
+  const runId = view.dataset.runId || "";
+  const workflowId = view.dataset.workflowId || "";
+  const runsBody = document.querySelector("table.runs tbody");
   const RANK = {none: 0, pending: 1, running: 2, completed: 3, failed: 3, skipped: 3};
   const RUN_DONE = new Set(["completed", "failed"]);
-  let finished = RUN_DONE.has(view.dataset.status || "");
-  if (finished) return;  // nothing will change
+  let finished = !runId || RUN_DONE.has(view.dataset.status || "");
+  if (finished && !runsBody) return;  // nothing on this page will change
 
   function setStep(stepId, status) {
     for (const node of document.querySelectorAll("#workflow-graph .node")) {
@@ -42,6 +47,7 @@
   }
 
   async function refresh() {
+    if (!runId || finished) return;
     try {
       const state = await Console.getJSON(view.dataset.stateUrl);
       for (const [stepId, status] of Object.entries(state.steps || {})) setStep(stepId, status);
@@ -49,12 +55,39 @@
     } catch (e) { console.warn("run state", e); }
   }
 
+  function runRow(event) {
+    if (!runsBody || !workflowId || (event.data || {}).workflow_id !== workflowId) return;
+    const id = event.resource_id, status = event.type === "workflow_started" ? "pending" : event.data.status;
+    let row = null;
+    for (const candidate of runsBody.querySelectorAll("tr[data-run-id]")) {
+      if (candidate.getAttribute("data-run-id") === id) row = candidate;
+    }
+    if (row === null) {
+      if (event.type !== "workflow_started") return;
+      const runUrl = view.dataset.runsPrefix + "/" + encodeURIComponent(id);
+      row = el("tr", {"data-run-id": id},
+        el("td", {}, el("a", {class: "mono", href: runUrl, text: id})),
+        el("td", {}, el("span", {class: "status " + status, text: status})),
+        el("td", {class: "num", text: event.data.version || ""}), el("td", {class: "num"}),
+        el("td", {text: Console.time(event.ts)}), el("td", {}),
+        el("td", {}, el("a", {href: "?run=" + encodeURIComponent(id), text: "show on graph"})));
+      runsBody.insertBefore(row, runsBody.firstChild);
+      return;
+    }
+    const badge = row.querySelector(".status");
+    if (badge && status && status !== "pending") { badge.textContent = status; badge.className = "status " + status; }
+  }
+
   const types = (view.dataset.eventTypes || "").split(",").filter(Boolean);
   Console.stream({types: types.join(",")}, (event) => {
-    if (event.resource_id !== runId) return;
     const data = event.data || {};
+    if (event.type === "workflow_started" || event.type === "workflow_completed" || event.type === "workflow_failed") runRow(event);
+    if (event.type === "workflow_step_started" && data.workflow_id === workflowId) {
+      runRow({type: "workflow_running", resource_id: event.resource_id, data: {workflow_id: workflowId, status: "running"}});
+    }
+    if (!runId || event.resource_id !== runId) return;
     if (event.type.startsWith("workflow_step_") && data.step_id) setStep(data.step_id, data.status);
-    else refresh();  // the run ended: read its final state (skipped steps included)
+    else if (event.type !== "workflow_started") refresh();  // the run ended: read its final state
   }, (state) => {
     const live = document.getElementById("live-state");
     if (live) { live.textContent = state; live.className = "live " + (state === "live" ? "ok" : "warn"); }
