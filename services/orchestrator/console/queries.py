@@ -35,7 +35,10 @@ def throughput(conn: sqlite3.Connection, now: float, minutes: int = WINDOW_MINUT
         "SELECT CAST((finished_at - ?) / 60 AS INTEGER), status, COUNT(*), "
         "AVG(CASE WHEN started_at > 0 THEN finished_at - started_at END), "
         "AVG(CASE WHEN started_at > 0 THEN started_at - submitted_at END) "
-        "FROM tasks WHERE finished_at >= ? AND finished_at < ? GROUP BY 1, 2",
+        # `finished_at > 0` spelled out: only then may SQLite use the partial index
+        # tasks_by_finished (it cannot prove it from a bound parameter), not a full scan.
+        "FROM tasks WHERE finished_at > 0 AND finished_at >= ? AND finished_at < ? "
+        "GROUP BY 1, 2",
         (start, start, end)).fetchall()
     counts = [{"completed": 0, "failed": 0, "cancelled": 0} for _ in range(minutes)]
     runs: list[list[tuple[int, float, float]]] = [[] for _ in range(minutes)]
@@ -59,8 +62,10 @@ def throughput(conn: sqlite3.Connection, now: float, minutes: int = WINDOW_MINUT
 def newest_failures(conn: sqlite3.Connection, limit: int = NEWEST_FAILURES
                     ) -> list[dict[str, object]]:
     rows = conn.execute(
+        # +status: walk the finished tasks newest first (tasks_finished_summary) until enough
+        # failures, rather than read every failed task to sort them.
         "SELECT id, task_class, error, finished_at FROM tasks "
-        "WHERE finished_at > 0 AND status = 'failed' ORDER BY finished_at DESC LIMIT ?",
+        "WHERE finished_at > 0 AND +status = 'failed' ORDER BY finished_at DESC LIMIT ?",
         (limit,)).fetchall()
     return [{"id": id_, "class": task_class, "error": error, "finished_at": finished_at}
             for id_, task_class, error, finished_at in rows]

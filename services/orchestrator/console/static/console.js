@@ -104,10 +104,13 @@
     };
   }
 
+  // One formatter for every time on the page (toLocaleString builds a new one per call).
+  const timeFormat = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit",
+    second: "2-digit", hour12: false});
   function time(ts) {
     if (!ts) return "";
-    const d = new Date(ts * 1000);
-    return d.toLocaleString(undefined, {hour12: false});
+    return timeFormat.format(new Date(ts * 1000));
   }
 
   function duration(seconds) {
