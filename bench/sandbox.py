@@ -388,6 +388,15 @@ SECTIONS: list[tuple[str, Callable[[Context], Awaitable[Section]]]] = [
 ]
 
 
+def _sandbox_sessions() -> Callable[[Context], Awaitable[Section]]:
+    from bench._sandbox_sessions import section  # imports this module: load it when run
+
+    return section
+
+
+SECTIONS.append(("sandbox sessions", lambda ctx: _sandbox_sessions()(ctx)))
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 
