@@ -72,7 +72,7 @@ def warm_creations(ctx: Context) -> list[bool]:
 async def raw_exec(ctx: Context, container_id: str) -> None:
     container = ctx.docker.containers.container(container_id)
     execution = await container.exec(["true"], stdout=True, stderr=True,
-                                     user="65534:65534", workdir="/sandbox")
+                                     user="65534:65534", workdir="/tmp/sandbox")
     async with execution.start(detach=False) as stream:
         while await stream.read_out() is not None:
             pass
@@ -85,7 +85,7 @@ async def raw_exec(ctx: Context, container_id: str) -> None:
 
 
 async def cli_exec(container_id: str) -> None:
-    await run_command("docker", "exec", "-u", "65534:65534", "-w", "/sandbox", container_id,
+    await run_command("docker", "exec", "-u", "65534:65534", "-w", "/tmp/sandbox", container_id,
                       "true")
 
 

@@ -39,7 +39,10 @@ def config(stack: str) -> str:
             # A class whose sandboxes take a warm container (tasks/warm.py) when one is ready.
             f'[workload_classes.cpu_warm]\nimage = "{TEST_IMAGE}"\nconcurrency = 2\nwarm = 1\n'
             'default_timeout = 30\n'
-            '[workload_classes.cpu_warm.sandbox]\noutput_limit_bytes = 100000\n')
+            '[workload_classes.cpu_warm.sandbox]\noutput_limit_bytes = 100000\n'
+            # Warm, with a working directory its user cannot make (the archive API makes it).
+            f'[workload_classes.cpu_warm_root]\nimage = "{TEST_IMAGE}"\nconcurrency = 1\n'
+            'warm = 1\n[workload_classes.cpu_warm_root.sandbox]\nworkdir = "/sandbox"\n')
 
 
 class Env:
@@ -57,8 +60,8 @@ class Env:
 
     async def create(self, metadata: tuple[tuple[str, str], ...] = OWNER,
                      workload_class: str = "cpu_short", **fields: object) -> str:
-        if workload_class == "cpu_warm":
-            await self.warm_ready()
+        if workload_class.startswith("cpu_warm"):
+            await self.warm_ready(workload_class=workload_class)
         request = pb.CreateSandboxRequest(workload_class=workload_class, **fields)  # type: ignore[arg-type]
         before = len(self.created())
         answer = await self.stub.CreateSandbox(request, metadata=metadata, timeout=60)
@@ -69,20 +72,20 @@ class Env:
             return len(self.created()) > before
 
         await eventually(logged, "the sandbox_created log line")
-        assert self.created()[-1]["warm"] is (workload_class == "cpu_warm")
+        assert self.created()[-1]["warm"] is workload_class.startswith("cpu_warm")
         return str(answer.sandbox_id)
 
     def created(self) -> list[dict[str, object]]:
         return [r for r in log_records(self.daemon.log_text())
                 if r.get("event") == "sandbox_created"]
 
-    async def warm_ready(self, count: int = 1) -> None:
-        """Until `count` warm containers run (a sandbox's included)."""
+    async def warm_ready(self, count: int = 1, workload_class: str = "cpu_warm") -> None:
+        """Until `count` warm containers of the class run (a sandbox's included)."""
         async def ready() -> bool:
             async with aiodocker.Docker() as docker:
                 return len(await docker.containers.list(filters={"label": [
-                    f"org.agent-infra.stack={self.stack}",
-                    "org.agent-infra.kind=warm"]})) >= count
+                    f"org.agent-infra.stack={self.stack}", "org.agent-infra.kind=warm",
+                    f"org.agent-infra.workload-class={workload_class}"]})) >= count
 
         await eventually(ready, "a ready warm container of cpu_warm", timeout=60)
 
@@ -132,6 +135,14 @@ async def container_exists(stack: str, kind: str = "sandbox") -> int:
                                          f"org.agent-infra.kind={kind}"]}))
 
 
+async def warm_containers(stack: str) -> set[str]:
+    """Ids of cpu_warm's warm containers (ready, or a sandbox's)."""
+    async with aiodocker.Docker() as docker:
+        return {c.id for c in await docker.containers.list(all=True, filters={"label": [
+            f"org.agent-infra.stack={stack}", "org.agent-infra.kind=warm",
+            "org.agent-infra.workload-class=cpu_warm"]})}
+
+
 @pytest.mark.parametrize("workload_class", ["cpu_short", "cpu_warm"])
 async def test_files_and_processes_persist_then_vanish_on_delete(env: Env,
                                                                  workload_class: str) -> None:
@@ -139,18 +150,18 @@ async def test_files_and_processes_persist_then_vanish_on_delete(env: Env,
     put = await env.stub.PutFile(pb.PutFileRequest(sandbox_id=sid, path="in/data.txt",
                                                    content=b"line\x00bin\n"), metadata=OWNER,
                                  timeout=30)
-    assert put.path == "/sandbox/in/data.txt" and put.size_bytes == 9
+    assert put.path == "/tmp/sandbox/in/data.txt" and put.size_bytes == 9
     # The class's user, its working directory, the sandbox's env, stdin, both streams, exit code.
     last, out, err = await env.run(
         sid, "sh", "-c", 'id -u; pwd; echo "$GREETING $EXTRA"; cat; echo oops >&2; '
         'wc -c < in/data.txt; echo made > out.txt; sleep 300 >/dev/null 2>&1 </dev/null & exit 3',
         stdin=b"from stdin\n", env={"EXTRA": "there"})
     assert (last.exit_code, last.timed_out, last.truncated) == (3, False, False)
-    assert out == "65534\n/sandbox\nhello there\nfrom stdin\n9\n" and err == "oops\n"
+    assert out == "65534\n/tmp/sandbox\nhello there\nfrom stdin\n9\n" and err == "oops\n"
     # Files and processes are still there for the next command.
     code, out = await env.sh(sid, "cat out.txt; ps -o args | grep -c '^sleep 300'")
     assert (code, out) == (0, "made\n1\n")
-    got = await env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path="/sandbox/out.txt"),
+    got = await env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path="/tmp/sandbox/out.txt"),
                                  metadata=OWNER, timeout=30)
     assert got.content == b"made\n" and got.size_bytes == 5
     got = await env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path="in/data.txt"),
@@ -228,12 +239,13 @@ async def test_another_token_cannot_use_a_sandbox_and_bad_input_is_named(env: En
 async def test_hostile_paths_are_refused(env: Env) -> None:
     sid = await env.create()
     code, _ = await env.sh(sid, "ln -s /etc etc-link; ln -s /etc/passwd pw; "
-                                "ln -s /sandbox/real.txt inside; echo ok > real.txt; "
+                                "ln -s /tmp/sandbox/real.txt inside; echo ok > real.txt; "
                                 "mkdir sub; ln -s .. sub/up")
     assert code == 0
-    for path in ("../etc/passwd", "/etc/passwd", "a/../../etc/passwd", "/sandbox", "",
-                 "/sandbox/../etc/passwd", "x\x00y", "/sandboxed/x", "etc-link/passwd", "pw",
-                 "sub/up/../etc/passwd", "sub/up/etc-link/group"):
+    for path in ("../etc/passwd", "/etc/passwd", "a/../../etc/passwd", "/tmp/sandbox", "",
+                 "/tmp/sandbox/../etc/passwd", "x\x00y", "/tmp/sandboxed/x", "/tmp/x",
+                 "etc-link/passwd", "pw", "sub/up/../etc/passwd",
+                 "sub/up/etc-link/group"):
         for call in (env.stub.GetFile(pb.GetFileRequest(sandbox_id=sid, path=path),
                                       metadata=OWNER, timeout=30),
                      env.stub.PutFile(pb.PutFileRequest(sandbox_id=sid, path=path,
@@ -259,15 +271,21 @@ async def test_hostile_paths_are_refused(env: Env) -> None:
 async def test_ttl_and_idle_sandboxes_are_reaped(env: Env) -> None:
     by_ttl = await env.create(ttl_seconds=2, idle_timeout_seconds=60)
     by_idle = await env.create(ttl_seconds=60, idle_timeout_seconds=1)
-    kept = await env.create(ttl_seconds=60, idle_timeout_seconds=60)
+    kept = await env.create(ttl_seconds=60, idle_timeout_seconds=60,
+                            workload_class="cpu_warm_root")
+    assert await env.sh(kept, "pwd; stat -c %u .") == (0, "/sandbox\n65534\n")
 
     async def only_kept() -> bool:
         return await env.listed() == {kept} and await container_exists(env.stack) == 1
 
     await eventually(only_kept, "the TTL and idle sandboxes reaped", timeout=30)
-    reaped = {r.get("reason") for r in log_records(env.daemon.log_text())
-              if r.get("event") == "sandbox_reaped"}
-    assert reaped == {"ttl", "idle"}
+
+    async def logged() -> bool:
+        reaped = {r.get("reason") for r in log_records(env.daemon.log_text())
+                  if r.get("event") == "sandbox_reaped"}
+        return reaped == {"ttl", "idle"}
+
+    await eventually(logged, "sandbox_reaped logged with reasons ttl and idle")
     for gone in (by_ttl, by_idle):
         assert (await rpc_error(env.run(gone, "true"))).code() == grpc.StatusCode.NOT_FOUND
 
@@ -279,9 +297,7 @@ async def test_kill_9_then_restart_readopts_live_sandboxes_and_reaps_expired(env
     await env.sh(live, "echo kept > state.txt")
     await env.sh(warm, "echo warm > state.txt")
     await env.warm_ready(2)  # the pool refilled: one unclaimed warm container to sweep
-    async with aiodocker.Docker() as docker:
-        warm_ids = {c.id for c in await docker.containers.list(all=True, filters={"label": [
-            f"org.agent-infra.stack={env.stack}", "org.agent-infra.kind=warm"]})}
+    warm_ids = await warm_containers(env.stack)
     assert len(warm_ids) == 2  # the sandbox's and the ready one
     env.daemon.process.kill()  # SIGKILL: no shutdown at all
     await env.daemon.wait_exit()
@@ -297,10 +313,7 @@ async def test_kill_9_then_restart_readopts_live_sandboxes_and_reaps_expired(env
     assert await env.sh(warm, "cat state.txt") == (0, "warm\n")
 
     async def swept() -> bool:  # the unclaimed one is gone, the sandbox's stays
-        async with aiodocker.Docker() as docker:
-            now = {c.id for c in await docker.containers.list(all=True, filters={"label": [
-                f"org.agent-infra.stack={env.stack}", "org.agent-infra.kind=warm"]})}
-        return len(now & warm_ids) == 1
+        return len(await warm_containers(env.stack) & warm_ids) == 1
 
     await eventually(swept, "the unclaimed warm container removed")
     assert (await rpc_error(env.run(short, "true"))).code() == grpc.StatusCode.NOT_FOUND
@@ -312,4 +325,4 @@ async def test_kill_9_then_restart_readopts_live_sandboxes_and_reaps_expired(env
     # A graceful stop leaves sandboxes to the next process too (the claimed warm one included;
     # the pool removes only its unclaimed ones).
     assert await container_exists(env.stack) == 1
-    assert await container_exists(env.stack, "warm") == 1
+    assert len(await warm_containers(env.stack)) == 1

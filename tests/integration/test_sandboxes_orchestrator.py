@@ -146,7 +146,7 @@ async def test_client_context_manager_and_cli(tmp_path: Path) -> None:
             async with infra.sandbox("cpu_short") as sb:
                 r = await sb.run("echo out; echo err >&2; exit 4")
                 assert (r.exit_code, r.stdout, r.stderr) == (4, "out\n", "err\n")
-                assert await sb.put_file("a/b.txt", "hello") == "/sandbox/a/b.txt"
+                assert await sb.put_file("a/b.txt", "hello") == "/tmp/sandbox/a/b.txt"
                 assert (await sb.run(["cat", "a/b.txt"])).stdout == "hello"
                 assert await sb.get_file("a/b.txt") == b"hello"
                 r = await sb.run("cat", stdin="piped")

@@ -8,33 +8,50 @@ the container is made here, cold, by the task containers' own builder
 (tasks/container.container_config): the class's user, no capability but its cap_add,
 no-new-privileges, its pids and memory limits, its network and (read-only unless rw) mounts.
 
-Either way the working directory is made first (0700, owned by the class's user) and the main
-process is IDLE_COMMAND, a shell that only waits (and so reaps the orphans commands leave behind,
-which would otherwise pile up as zombies against the pids limit); commands come through the exec
-API, which gets the sandbox's env each time (a warm container's own env is the pool's).
+Either way the main process is the idle script below: it makes the working directory as the
+class's user (`mkdir -m 700`; the default, /tmp/sandbox, is in the world-writable /tmp) and says
+on stdout whether it could, then only waits (and so reaps the orphans commands leave behind, which
+would otherwise pile up as zombies against the pids limit). A warm sandbox is ready once that line
+is read back from the container's attached stdout; when the directory cannot be made so (a
+workdir outside /tmp), it is made through the engine's archive API, as it always is before a cold
+container starts (the archive API costs a helper process in the engine, tens of ms: the warm way
+avoids it). Commands come through the exec API, which gets the sandbox's env each time (a warm
+container's own env is the pool's).
 """
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from typing import Any
 
 from agent_infra.runtime.logs import get_logger
 
 from .. import labels
 from ..docker import containers
+from ..docker.attach import STREAM_ERRORS
 from ..docker.engine import DockerEngine
 from ..tasks.container import _tar, container_config, create, remove
 from ..tasks.handover import fits
 from ..tasks.payload import TaskSpec
-from ..tasks.warm import WarmPool
+from ..tasks.warm import WarmContainer, WarmPool
 from ..tasks.workloads import WorkloadClass
 from .model import KIND_SANDBOX, Sandbox
 from .records import Records
 
 log = get_logger("sandboxes")
 
-# Waits for ever; `wait` also reaps the orphans reparented to it. SIGTERM ends it at once.
-IDLE_COMMAND = ("/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 86400 & wait; done")
+# $1: the working directory, $2: a mark. Says "<mark> 0" when the directory is ours, then waits
+# for ever; `wait` also reaps the orphans reparented to it. SIGTERM ends it at once.
+IDLE_SCRIPT = ('mkdir -p -m 700 -- "$1" 2>/dev/null; [ -d "$1" ] && [ -w "$1" ]; '
+               'printf "%s %s\\n" "$2" "$?"; '
+               "trap 'exit 0' TERM; while :; do sleep 86400 & wait; done")
+READY_TIMEOUT = 10.0
+_READY_LIMIT = 64 * 1024
+
+
+def idle_command(workdir: str, mark: str) -> tuple[str, ...]:
+    return ("/bin/sh", "-c", IDLE_SCRIPT, "agent-infra-sandbox", workdir, mark)
 
 
 def container_name(stack: str, sandbox: Sandbox) -> str:
@@ -44,8 +61,9 @@ def container_name(stack: str, sandbox: Sandbox) -> str:
 def sandbox_config(stack: str, workload: WorkloadClass, sandbox: Sandbox) -> dict[str, Any]:
     spec = TaskSpec(
         task_id=f"sandbox-{sandbox.key[:20]}", workload_class=sandbox.workload_class,
-        image=sandbox.image, command=IDLE_COMMAND, env=tuple(sandbox.env.items()), stdin=None,
-        workdir=sandbox.workdir, timeout=sandbox.expires_at - sandbox.created_at,
+        image=sandbox.image, command=idle_command(sandbox.workdir, "cold"),
+        env=tuple(sandbox.env.items()), stdin=None, workdir=None,
+        timeout=sandbox.expires_at - sandbox.created_at,
         timeout_capped=False)
     config = container_config(spec, workload, stack, workload.sandbox.output_limit_bytes)
     config["Labels"] = {labels.STACK: stack, labels.KIND: KIND_SANDBOX,
@@ -62,20 +80,11 @@ async def provision(engine: DockerEngine, stack: str, workload: WorkloadClass,
     FailedPrecondition for an image missing on the host (never pulled) or a network that does
     not exist."""
     if pool is not None and sandbox.image == workload.image and \
-            fits(IDLE_COMMAND, sandbox.env, sandbox.workdir) is None:
+            fits(idle_command(sandbox.workdir, "x"), sandbox.env, None) is None:
         warm = await pool.claim(sandbox.workload_class, sandbox.image)
-        if warm is not None:
-            sandbox.container_id, sandbox.warm = warm.id, True
-            try:
-                await records.save(sandbox)
-                await _make_workdir(engine, warm.id, sandbox)
-                await pool.hand_over(warm, IDLE_COMMAND, sandbox.env, sandbox.workdir)
-                await warm.close_streams()
-            except BaseException:
-                pool.discard(warm)
-                await records.delete(sandbox)
-                raise
+        if warm is not None and await _hand_over(engine, pool, warm, sandbox, records):
             return warm.id
+    sandbox.warm = False
     sandbox.warm = False
     container_id = await create(engine, sandbox_config(stack, workload, sandbox),
                                 container_name(stack, sandbox))
@@ -86,6 +95,52 @@ async def provision(engine: DockerEngine, stack: str, workload: WorkloadClass,
         await remove(engine, container_id)
         raise
     return container_id
+
+
+async def _hand_over(engine: DockerEngine, pool: WarmPool, warm: WarmContainer,
+                     sandbox: Sandbox, records: Records) -> bool:
+    """Make the claimed warm container the sandbox; False (it is discarded) when its stub
+    did not start the idle script."""
+    sandbox.container_id, sandbox.warm = warm.id, True
+    mark = secrets.token_hex(16)
+    try:
+        await records.save(sandbox)  # before the hand-over: a restart must know it
+        await pool.hand_over(warm, idle_command(sandbox.workdir, mark), sandbox.env, None)
+        made = await _ready(warm, mark)
+        if made is None:
+            log.warning("sandbox_warm_refused", container_id=warm.id[:12])
+            pool.discard(warm)
+            await records.delete(sandbox)
+            return False
+        await warm.close_streams()
+        if not made:
+            await _make_workdir(engine, warm.id, sandbox)
+    except BaseException:
+        pool.discard(warm)
+        await records.delete(sandbox)
+        raise
+    return True
+
+
+async def _ready(warm: WarmContainer, mark: str) -> bool | None:
+    """Whether the idle script made the working directory; None when it never said."""
+    text = b""
+    needle = mark.encode() + b" "
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            while len(text) < _READY_LIMIT and (chunk := await warm.output.read()) is not None:
+                if chunk[0] != "stdout":
+                    continue
+                text += chunk[1]
+                at = text.find(needle)
+                end = text.find(b"\n", at) if at >= 0 else -1
+                if end >= 0:
+                    return text[at + len(needle):end] == b"0"
+    except TimeoutError:
+        pass
+    except STREAM_ERRORS:
+        pass
+    return None
 
 
 async def _make_workdir(engine: DockerEngine, container_id: str, sandbox: Sandbox) -> None:

@@ -83,8 +83,9 @@ class SandboxLimits(Section):
     # PutFile content and GetFile answers; both travel in one gRPC message.
     max_file_bytes: int = Field(MIB, ge=1, le=3 * MIB)
     # The sandbox's working directory (0700, owned by the class's user); PutFile and GetFile
-    # paths stay inside it.
-    workdir: str = "/sandbox"
+    # paths stay inside it. Under /tmp the sandbox's own user makes it, which spares a warm
+    # sandbox the engine's archive API (sandboxes/provision.py).
+    workdir: str = "/tmp/sandbox"
 
     @model_validator(mode="after")
     def _check(self) -> Self:
