@@ -163,7 +163,7 @@ async def test_typed_workflow_graph_follows_a_run_to_the_end(
         "return getComputedStyle(document.querySelector("
         "'#workflow-graph g.node[data-node-id=answer] rect')).fill;")
     assert running_fill != done_fill, (running_fill, done_fill)
-    shoot(browser, tmp_path / "workflow-running.png")
+    shoot(browser, tmp_path / "workflow-running.png", "workflow-graph")
 
     # When each node's colour changes in the page (same clock as the daemon's: one machine).
     browser.execute_script(
@@ -188,7 +188,7 @@ async def test_typed_workflow_graph_follows_a_run_to_the_end(
     print("step completed -> node coloured: "
           + ", ".join(f"{node} {lag * 1000:.0f} ms" for node, lag in lags.items()))
     assert all(-0.05 < lag < 5.0 for lag in lags.values()), lags  # generous: a shared machine
-    shoot(browser, tmp_path / "workflow-done.png", "workflow-graph")
+    shoot(browser, tmp_path / "workflow-done.png")
     assert console_errors(browser) == []
 
     # The runs table follows runs started elsewhere, live.
