@@ -209,7 +209,7 @@ async def test_without_the_token_the_console_asks_for_it_and_changes_need_csrf(
             async with http.post(base + "/queue/submit", json={"id": "victim"},
                                  headers={"Authorization": f"Bearer {token}"}) as response:
                 assert response.status == 201
-        browser.get(base + "/console/tasks")
+        browser.get(base + "/console/tasks?class=cpu_short&id=vic")
         assert "/console/login" in browser.current_url
         shot(browser, tmp_path, "login")
         browser.find_element(By.ID, "token").send_keys("not-the-token")
@@ -219,8 +219,8 @@ async def test_without_the_token_the_console_asks_for_it_and_changes_need_csrf(
         assert ["401 (Unauthorized)" in error for error in console_errors(browser)] == [True]
         browser.find_element(By.ID, "token").send_keys(token)
         browser.find_element(By.CSS_SELECTOR, "form.login button").click()
-        wait_for(browser, lambda b: b.current_url.endswith("/console/tasks"),
-                 "the login to go back to the page asked for")
+        wait_for(browser, lambda b: b.current_url.endswith("/console/tasks?class=cpu_short&id=vic"),
+                 "the login to go back to the page asked for, query and all")
         assert "victim" in browser.find_element(By.ID, "task-list").text
         cookie = browser.get_cookie("agent_infra_console")
         assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"

@@ -12,6 +12,7 @@ import mimetypes
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
@@ -89,7 +90,7 @@ class Console:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             fresh = self._admit(request)
             if fresh is False:
-                raise web.HTTPSeeOther(f"{PREFIX}/login?next={request.path_qs}",
+                raise web.HTTPSeeOther(f"{PREFIX}/login?{urlencode({'next': request.path_qs})}",
                                        headers=SECURITY_HEADERS)
             response = await handler(request)
             if isinstance(fresh, str):
