@@ -29,9 +29,9 @@ def register(subparsers: Any) -> None:
                     "another, with their files and processes kept, until `rm`, its TTL or its "
                     "idle timeout.",
         examples="""
-            ID=$(agent-infra sandbox create)
-            agent-infra sandbox exec "$ID" -- sh -c 'echo hi > f; cat f'
-            agent-infra sandbox rm "$ID\"""")
+            agent-infra sandbox create --ttl 600           # prints the id
+            agent-infra sandbox exec ID -- sh -c 'echo hi > f; cat f'
+            agent-infra sandbox rm ID""")
 
     create = add_command(
         commands, "create", cmd_create, help="create a sandbox and print its id",

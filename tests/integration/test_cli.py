@@ -222,7 +222,8 @@ def test_help_of_every_command_shows_an_example() -> None:
     expected = {"up", "down", "status", "health", "services start", "services stop",
                 "services restart", "services logs", "pull", "submit", "run", "wait", "tasks",
                 "cancel", "events", "workflow create", "workflow run", "workflow watch",
-                "workflow list", "console"}
+                "workflow list", "console", "sandbox create", "sandbox exec", "sandbox ls",
+                "sandbox rm", "sandbox put", "sandbox get"}
     assert expected <= {" ".join(path) for path in paths}
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda path: run_cli(*path, "--help", timeout=60), paths))
