@@ -39,7 +39,10 @@ from typing import Any, TypeVar
 import aiohttp
 import grpc
 import pytest
+from agent_infra.orchestrator.app import OrchestratorApp
+from agent_infra.orchestrator.settings import OrchestratorSettings
 from agent_infra.wire import env_manager_pb2, orchestrator_pb2
+from aiohttp import web
 from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -58,8 +61,9 @@ ALLOWED_CODES = frozenset({
     grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.UNAVAILABLE,
 })
-#: HTTP statuses the routes document (aiohttp adds 405, 413 and 404 for other paths)
-ALLOWED_HTTP = frozenset({200, 201, 400, 401, 404, 405, 409, 412, 413, 415, 429, 503})
+#: HTTP statuses the routes document (aiohttp adds 405, 413 and 404 for other paths; the
+#: console answers 403 to a POST without its CSRF token)
+ALLOWED_HTTP = frozenset({200, 201, 400, 401, 403, 404, 405, 409, 412, 413, 415, 429, 503})
 #: an error message longer than this echoed unbounded input (finding 11)
 DETAILS_LIMIT = 2048
 UNARY_SECONDS = 20.0
@@ -68,8 +72,9 @@ STREAM_MESSAGES = 3
 UNARY_IN_FLIGHT = 16
 STREAMS_IN_FLIGHT = 32
 HEALTH_EVERY = 250  # cases between liveness checks during a run
-ORCHESTRATOR_ROUTES = ("/queue/status", "/queue/submit", "/health", "/metrics")
-ENV_MANAGER_ROUTES = ("/health", "/metrics")
+#: what the daemon runtime serves beside each app's own routes
+RUNTIME_ROUTES = ("/health", "/metrics")
+ENV_MANAGER_ROUTES = RUNTIME_ROUTES
 T = TypeVar("T")
 
 
@@ -198,6 +203,8 @@ async def call_http(session: aiohttp.ClientSession, base: str, case: HttpCase
     headers = {"Content-Type": case.content_type} if case.content_type else {}
     async with session.request(case.method, base + case.path, data=case.body, headers=headers,
                                timeout=aiohttp.ClientTimeout(total=UNARY_SECONDS)) as response:
+        if response.content_type == "text/event-stream":
+            return response.status, ""  # a live stream (the console's): its answer is enough
         body = await response.read()
         return response.status, body.decode("utf-8", "replace")
 
@@ -210,6 +217,17 @@ def judge_http(report: Report, case: HttpCase, status: int, body: str) -> None:
         body = f"{len(body)} chars: {body}"
     report.record(f"{case.method} {case.path.split('?')[0][:40]}", outcome, ok,
                   describe_http(case), body)
+
+
+def orchestrator_routes() -> tuple[str, ...]:
+    """Every path the orchestrator's HTTP listener routes, read from the app itself, so a route
+    added later (the console's, /workflows...) is fuzzed without a change here. `{name}` parts
+    are filled by the strategy."""
+    app = OrchestratorApp(OrchestratorSettings.model_validate({
+        "server": {"grpc_addr": "127.0.0.1:1", "http_addr": "127.0.0.1:2"},
+        "classes": {"cpu_short": {}}}))
+    paths = {route.path for route in app.http_routes() if isinstance(route, web.RouteDef)}
+    return tuple(sorted(paths.union(RUNTIME_ROUTES)))
 
 
 # -- the daemons ----------------------------------------------------------------------------------
@@ -401,7 +419,7 @@ async def orchestrator_target(workdir: Path) -> AsyncIterator[Target]:
         ]) as env_manager, running_daemon("orchestrator", workdir, args=[
                 "--config", str(config), "--data-dir", str(workdir / "orchestrator-data"),
                 "--env-managers", env_manager.grpc_addr]) as daemon:
-            yield Target(daemon, rpcs(orchestrator_pb2.DESCRIPTOR), ORCHESTRATOR_ROUTES,
+            yield Target(daemon, rpcs(orchestrator_pb2.DESCRIPTOR), orchestrator_routes(),
                          seed_orchestrator, snapshot_orchestrator, orchestrator_regressions())
     finally:
         await remove_stack_containers(stack)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -475,10 +476,23 @@ def submit_body() -> st.SearchStrategy[bytes]:
     return text.map(lambda s: s.encode("utf-8", "surrogatepass"))
 
 
+#: what fills a route's `{name}` parts: unknown ids (never a seeded one, so a PUT or POST can't
+#: legitimately change what the run checks is unchanged), names that exist, and hostile text
+PATH_VALUES = ("no-such-id", "cpu_short", "0", "-1", "stop", "console.css", "²", "%00", "%2e%2e",
+               "..%2f..%2fetc%2fpasswd", "%3Cscript%3E", "a" * 3000, "x%ff%fe", "%20")
+PATH_PARAMETER = re.compile(r"\{[^}]+\}")
+
+
+def _route_path(route: str, value: str, query: str) -> str:
+    return PATH_PARAMETER.sub(value, route) + query
+
+
 def http_cases(routes: Sequence[str]) -> st.SearchStrategy[HttpCase]:
+    queries = st.sampled_from(("", "", "?x=²", "?since=" + "9" * 400, "?page=-1&size=²",
+                               "?status=%00&class=%3Cb%3E", "?types=nope&last_event_id=x"))
     paths = st.one_of(
-        st.sampled_from(list(routes)),
-        st.sampled_from(list(routes)).map(lambda p: p + "?x=" + "²"),
+        st.builds(_route_path, st.sampled_from(list(routes)), st.sampled_from(PATH_VALUES),
+                  queries),
         st.sampled_from(("/queue", "/queue/submit/", "/%00", "/..%2f..%2fetc", "/" + "a" * 5000)),
     )
     bodies = st.one_of(

@@ -20,12 +20,13 @@ from tests.fuzz.harness import (
     assert_clean,
     env_manager_target,
     every_wire_service,
+    orchestrator_routes,
     orchestrator_target,
     run_fuzz,
 )
 
 GRPC_CASES = 2000
-HTTP_CASES = {"orchestrator": 400, "env-manager": 150}
+HTTP_CASES = {"orchestrator": 800, "env-manager": 150}
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -43,6 +44,13 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 def test_every_wire_service_is_fuzzed() -> None:
     assert every_wire_service() <= FUZZED_SERVICES
+
+
+def test_every_orchestrator_route_is_fuzzed() -> None:
+    """The routes come from the app itself: the original's, /workflows and the console's."""
+    routes = set(orchestrator_routes())
+    assert {"/queue/submit", "/workflows", "/workflows/{id}/runs", "/console/tasks/{id}/cancel",
+            "/console/stream", "/health", "/metrics"} <= routes
 
 
 def test_fuzz_orchestrator(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:

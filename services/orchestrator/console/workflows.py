@@ -199,4 +199,4 @@ def _error_page(console: Console, request: web.Request, exc: DomainError) -> web
     status = 404 if isinstance(exc, NotFound) else 400
     return console.render(request, "workflows_error.html", section="workflows",
                           title="Not found" if status == 404 else "Bad request",
-                          message=shorten(str(exc), 1024), status=status)
+                          message=shorten(str(exc), 300), status=status)
