@@ -47,8 +47,11 @@ __all__ = ["ENV_MANAGER", "EnvManagerClient"]
 #   StopServices: stopping what is stopped reports "not running" and changes nothing.
 #   ExecuteTask: env-manager runs a task_id at most once; a repeat attaches to the running
 #     container or returns the stored result.
+#   ListSandboxes, GetFile: reads. PutFile: the same content written again. DeleteSandbox: a
+#     repeat answers NOT_FOUND (Sandbox.delete() takes that as deleted).
 # Not retried: StartServices (a second plan may recreate containers whose config an override
-# changed, and its progress stream would start over) and RestartService (each call restarts).
+# changed, and its progress stream would start over), RestartService (each call restarts),
+# CreateSandbox (a second sandbox) and SandboxExec (the command would run again).
 ENV_MANAGER = ServiceTarget(
     display_name="env-manager",
     grpc_service="env_manager.v1.EnvManagerService",
@@ -56,7 +59,7 @@ ENV_MANAGER = ServiceTarget(
     default_address="127.0.0.1:50100",
     retryable_methods=("GetServicesStatus", "GetResourceAvailability", "StreamHealth",
                        "StreamLogs", "PullImages", "StopServices", "ExecuteTask", "CancelTask",
-                       "ListSandboxes", "GetFile"),
+                       "ListSandboxes", "GetFile", "PutFile", "DeleteSandbox"),
 )
 
 

@@ -67,7 +67,9 @@ __all__ = ["ORCHESTRATOR", "OrchestratorClient", "new_idempotency_key", "new_tas
 
 # Retried on UNAVAILABLE: the reads and streams (gRPC retries a stream only before its first
 # message), CancelTask (cancelling twice leaves the task cancelled), and the three writes, made
-# idempotent by the ids the client always sends (module docstring).
+# idempotent by the ids the client always sends (module docstring); of the sandbox calls, those
+# whose repeat does no more (ListSandboxes, GetFile, PutFile; DeleteSandbox answers NOT_FOUND),
+# not CreateSandbox (a second sandbox) nor SandboxExec (the command would run again).
 ORCHESTRATOR = ServiceTarget(
     display_name="orchestrator",
     grpc_service="orchestrator.v1.OrchestratorService",
@@ -76,7 +78,7 @@ ORCHESTRATOR = ServiceTarget(
     retryable_methods=("GetTaskStatus", "StreamTaskResults", "GetMetrics", "StreamEvents",
                        "Health", "ListTasks", "ListWorkflows", "StreamWorkflowStatus",
                        "CancelTask", "SubmitTask", "CreateWorkflow", "StartWorkflowRun",
-                       "ListSandboxes", "GetFile"),
+                       "ListSandboxes", "GetFile", "PutFile", "DeleteSandbox"),
 )
 
 #: How long wait_for_task keeps reconnecting to an orchestrator that went away before giving up.

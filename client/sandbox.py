@@ -136,10 +136,17 @@ class SandboxCalls(ServiceClient):
 
     async def get_file(self, sandbox_id: str, path: str, *, on_behalf_of: str = "",
                        timeout: float | None = None) -> bytes:
+        """A file's content (relative to the sandbox's working directory, or under it)."""
+        return (await self.read_file(sandbox_id, path, on_behalf_of=on_behalf_of,
+                                     timeout=timeout))[1]
+
+    async def read_file(self, sandbox_id: str, path: str, *, on_behalf_of: str = "",
+                        timeout: float | None = None) -> tuple[str, bytes]:
+        """(the file's absolute path, its content)."""
         request = self._request("GetFileRequest", on_behalf_of, sandbox_id=sandbox_id,
                                 path=path)
         answer = await self._unary("GetFile", request, _or(timeout, self._config.deadlines.read))
-        return bytes(answer.content)
+        return str(answer.path), bytes(answer.content)
 
     async def list_sandboxes(self, task_class: str = "", *, on_behalf_of: str = "",
                              timeout: float | None = None) -> list[SandboxInfo]:

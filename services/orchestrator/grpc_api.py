@@ -108,8 +108,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return pb.PutFileResponse(path=path, size_bytes=len(request.content))
 
     async def GetFile(self, request: pb.GetFileRequest, context: Context) -> pb.GetFileResponse:
-        data = await self._sandboxes.get_file(request.sandbox_id, _caller(context), request.path)
-        return pb.GetFileResponse(path=request.path, content=data, size_bytes=len(data))
+        path, data = await self._sandboxes.get_file(request.sandbox_id, _caller(context),
+                                                    request.path)
+        return pb.GetFileResponse(path=path, content=data, size_bytes=len(data))
 
     async def ListSandboxes(self, request: pb.ListSandboxesRequest, context: Context
                             ) -> pb.ListSandboxesResponse:

@@ -115,10 +115,10 @@ class SandboxRouter:
         except InfraError as exc:
             raise self._failed(sandbox_id, exc) from None
 
-    async def get_file(self, sandbox_id: str, caller: str, path: str) -> bytes:
+    async def get_file(self, sandbox_id: str, caller: str, path: str) -> tuple[str, bytes]:
         client = await self._client_of(sandbox_id, caller)
         try:
-            return await client.get_file(sandbox_id, path, on_behalf_of=caller)
+            return await client.read_file(sandbox_id, path, on_behalf_of=caller)
         except InfraError as exc:
             raise self._failed(sandbox_id, exc) from None
 

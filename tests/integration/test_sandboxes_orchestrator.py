@@ -132,7 +132,7 @@ async def test_each_sandbox_is_routed_to_its_env_manager(tmp_path: Path) -> None
         for n, sandbox_id in enumerate(ids):
             got = await stub.GetFile(pb.GetFileRequest(sandbox_id=sandbox_id, path="n.txt"),
                                      metadata=ALICE, timeout=30)
-            assert got.content == f"{n}\n".encode()
+            assert got.content == f"{n}\n".encode() and got.path == "/tmp/sandbox/n.txt"
             await stub.DeleteSandbox(pb.DeleteSandboxRequest(sandbox_id=sandbox_id),
                                      metadata=ALICE, timeout=60)
         assert await sandbox_stacks(pair) == {}

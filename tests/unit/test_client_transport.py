@@ -28,8 +28,8 @@ def test_retry_policy_names_only_idempotent_methods() -> None:
     names = {entry["method"] for entry in method_config["name"]}
     assert names == {"GetServicesStatus", "GetResourceAvailability", "StreamHealth", "StreamLogs",
                      "PullImages", "StopServices", "ExecuteTask", "CancelTask",
-                     # sandbox reads; CreateSandbox, SandboxExec, PutFile, DeleteSandbox are not
-                     "ListSandboxes", "GetFile"}
+                     # sandbox calls whose repeat does no more; not CreateSandbox, SandboxExec
+                     "ListSandboxes", "GetFile", "PutFile", "DeleteSandbox"}
     assert {entry["service"] for entry in method_config["name"]} == {
         "env_manager.v1.EnvManagerService"}
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
