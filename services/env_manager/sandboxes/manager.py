@@ -73,8 +73,11 @@ class SandboxManager:
         self._records = Records(records_dir)
         self._pool = pool if records_dir is not None else None
         if self._pool is not None:
-            # The pool's start-up sweep keeps the warm containers recorded as sandboxes.
+            # The pool's sweeps keep the warm containers recorded as sandboxes, and its refills
+            # count the class's live sandboxes against the class's concurrency (each holds a
+            # container of the class's memory), so the pool stays within the class's budget.
             self._pool.register_owner(self._records.container_ids)
+            self._pool.count_busy(self._count)
         self._sandboxes: dict[str, Sandbox] = {}  # by key_of(id)
         self._creating: dict[str, int] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -274,6 +277,8 @@ class SandboxManager:
         self._sandboxes.pop(sandbox.key, None)
         if sandbox.warm:
             await self._records.delete(sandbox)
+        if self._pool is not None:
+            self._pool.wake(sandbox.workload_class)  # room for a refill again
         event = "sandbox_deleted" if reason == "deleted" else "sandbox_reaped"
         log.info(event, container_id=sandbox.container_id[:12],
                  workload_class=sandbox.workload_class, reason=reason,
