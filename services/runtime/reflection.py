@@ -22,6 +22,7 @@ File names are the descriptors' own: the wire files are `env_manager.v1.proto` a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -143,11 +144,37 @@ def reflection_pool(service_names: Iterable[str]) -> descriptor_pool.DescriptorP
     return pool
 
 
+class _MethodAwarePool:
+    """The pool as grpcio-reflection uses it, also finding the file of a method's full name
+    (`pkg.Service.Method`, what `grpcurl describe` of a method asks for): protobuf's upb pool
+    knows services and messages by name, not methods. Everything else is the pool's own."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
+        self._pool = pool
+
+    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                raise KeyError(symbol) from None
+            if method not in service.methods_by_name:
+                raise KeyError(symbol) from None
+            return service.file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
 def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
     """Serve `grpc.reflection.v1` and `v1alpha` on `server` for `service_names` (the reflection
     services themselves are listed too)."""
     names = sorted({*service_names, *REFLECTION_SERVICES})
-    servicer = reflection_v1alpha.aio.ReflectionServicer(names, pool=reflection_pool(names))
+    servicer = reflection_v1alpha.aio.ReflectionServicer(
+        names, pool=_MethodAwarePool(reflection_pool(names)))
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,

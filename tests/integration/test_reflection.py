@@ -146,3 +146,17 @@ async def test_grpcurl_lists_the_sandbox_rpcs(daemon: DaemonProcess) -> None:
     assert code == 0, output
     assert (f"rpc SandboxExec ( .{package}.SandboxExecRequest ) returns "
             f"( stream .{package}.SandboxExecOutput );") in output, output
+
+
+async def test_grpcurl_describes_a_single_method(daemon: DaemonProcess) -> None:
+    """`grpcurl describe pkg.Service.Method` resolves the method's file, as Go's reflection
+    does (protobuf's Python pool knows no method symbols on its own)."""
+    _, package, service = FILES[daemon.name]
+    method = f"{package}.{service}.SandboxExec"
+    code, output = await grpcurl("-plaintext", daemon.grpc_addr, "describe", method)
+    assert code == 0, output
+    assert f"{method} is a method" in output, output
+    assert "returns ( stream" in output, output
+    code, output = await grpcurl("-plaintext", daemon.grpc_addr, "describe",
+                                 f"{package}.{service}.NoSuchMethod")
+    assert code != 0 and "not found" in output.lower(), output
