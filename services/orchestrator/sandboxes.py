@@ -27,40 +27,23 @@ from agent_infra.client.errors import NotFound as ClientNotFound
 from agent_infra.client.errors import ResourceExhausted as ClientExhausted
 from agent_infra.client.sandbox import ExecChunk, ExecResult, SandboxInfo
 from agent_infra.runtime.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
     DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
-    Unavailable,
 )
 from agent_infra.runtime.logs import get_logger
+
+from .executors.env_manager import env_manager_error
 
 log = get_logger("sandboxes")
 
 ROUTE_LIMIT = 65536
-_ERRORS: dict[str, type[DomainError]] = {
-    "INVALID_ARGUMENT": InvalidArgument, "NOT_FOUND": NotFound, "ALREADY_EXISTS": AlreadyExists,
-    "FAILED_PRECONDITION": FailedPrecondition, "RESOURCE_EXHAUSTED": ResourceExhausted,
-    "DEADLINE_EXCEEDED": DeadlineExceeded,
-}
-
-
 def caller_identity(token: str | None) -> str:
     """The caller as env-manager is told (on_behalf_of): a hash of its token, never the token."""
     if not token:
         return ""
     return hashlib.sha256(b"agent-infra orchestrator caller\0" + token.encode()).hexdigest()
-
-
-def domain_error(exc: InfraError) -> DomainError:
-    """env-manager's answer as the orchestrator's own error (same status, its words)."""
-    cls = _ERRORS.get(exc.code)
-    if cls is None:
-        return Unavailable(f"env-manager {exc.address}: {exc.details}")
-    return cls(exc.details)
 
 
 class SandboxRouter:
@@ -85,11 +68,11 @@ class SandboxRouter:
                 last = exc  # full, or not answering: the next endpoint may have room
                 continue
             except InfraError as exc:
-                raise domain_error(exc) from None
+                raise env_manager_error(exc) from None
             self._remember(created.id, index)
             return created.info
         assert last is not None
-        raise domain_error(last)
+        raise env_manager_error(last)
 
     async def exec(self, sandbox_id: str, caller: str, command: list[str], stdin: bytes,
                    env: Mapping[str, str], timeout_seconds: int,
@@ -142,7 +125,7 @@ class SandboxRouter:
                             error=exc.details)
                 return []
             except InfraError as exc:
-                raise domain_error(exc) from None
+                raise env_manager_error(exc) from None
             for info in found:
                 self._remember(info.sandbox_id, index)
             return found
@@ -176,7 +159,7 @@ class SandboxRouter:
     def _failed(self, sandbox_id: str, exc: InfraError) -> DomainError:
         if isinstance(exc, ClientNotFound) and "sandbox_id" in exc.details:
             self._where.pop(_key(sandbox_id), None)
-        return domain_error(exc)
+        return env_manager_error(exc)
 
 
 def _key(sandbox_id: str) -> str:

@@ -42,6 +42,15 @@ def _statuses(error: DomainError) -> tuple[grpc.StatusCode, int]:
     return _UNMAPPED
 
 
+_BY_CODE: dict[str, type[DomainError]] = {code.name: cls for cls, (code, _) in STATUSES.items()}
+
+
+def error_for_status(code_name: str) -> type[DomainError] | None:
+    """The domain error a peer's gRPC status (by name, e.g. "NOT_FOUND") stands for: the table
+    read backwards; None for a status no domain error has (UNAUTHENTICATED, INTERNAL...)."""
+    return _BY_CODE.get(code_name)
+
+
 def grpc_status(error: DomainError) -> grpc.StatusCode:
     return _statuses(error)[0]
 

@@ -8,12 +8,14 @@ import asyncio
 import pytest
 from agent_infra.client import ConnectionConfig, EnvManagerClient
 from agent_infra.client.env_manager_models import ResourceUsage, ServiceStatus
-from agent_infra.client.errors import InfraUnavailable
+from agent_infra.client.errors import InfraError, InfraUnavailable
 from agent_infra.client.errors import NotFound as ClientNotFound
 from agent_infra.orchestrator.console import services_feed, services_stack
 from agent_infra.orchestrator.console.services_feed import StatusFeed
 from agent_infra.orchestrator.console.services_stack import ServicesStack
+from agent_infra.orchestrator.executors.env_manager import env_manager_error
 from agent_infra.runtime.errors import InvalidArgument, NotFound, Unavailable
+from agent_infra.runtime.status import STATUSES
 
 from tests.daemon_support import free_port
 
@@ -56,10 +58,10 @@ async def test_bad_endpoint_and_service_names_are_refused_before_any_call() -> N
 
 
 def test_errors_keep_their_meaning() -> None:
-    missing = services_stack.domain_error(
+    missing = env_manager_error(
         ClientNotFound("unknown service 'x'", address="127.0.0.1:1"))
     assert isinstance(missing, NotFound) and "unknown service 'x'" in str(missing)
-    down = services_stack.domain_error(InfraUnavailable("refused", address="127.0.0.1:1"))
+    down = env_manager_error(InfraUnavailable("refused", address="127.0.0.1:1"))
     assert isinstance(down, Unavailable) and "127.0.0.1:1 unavailable: refused" in str(down)
 
 
@@ -105,3 +107,15 @@ async def test_one_status_poller_feeds_every_listener_and_stops_with_the_last() 
         assert asked == polled  # nobody listens: nobody asks
     finally:
         await client.close()
+
+
+def test_every_status_env_manager_answers_keeps_its_meaning() -> None:
+    """The table of runtime/status.py read backwards: each domain error's status from an
+    env-manager is that error again at the orchestrator; credentials refused is Unavailable."""
+    for cls, (code, _) in STATUSES.items():
+        error = env_manager_error(InfraError(f"no {code.name}", code=code.name,
+                                             address="127.0.0.1:1"))
+        assert type(error) is cls, code
+    refused = env_manager_error(InfraError("bad token", code="UNAUTHENTICATED",
+                                           address="127.0.0.1:1"))
+    assert isinstance(refused, Unavailable) and "bad token" in str(refused)

@@ -23,18 +23,13 @@ from agent_infra.client import EnvManagerClient
 from agent_infra.client.env_manager_models import ServiceStatus
 from agent_infra.client.errors import InfraError
 from agent_infra.runtime.errors import (
-    AlreadyExists,
-    DomainError,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
-    Unavailable,
     shorten,
     shown,
 )
 
-from ..executors.env_manager import EnvManagerExecutor
+from ..executors.env_manager import EnvManagerExecutor, env_manager_error
 from ..executors.protocol import Executor
 from ..executors.routing import RoutingExecutor
 from ..model import DEFAULT_CLASS
@@ -54,11 +49,6 @@ MAX_TEXT_CHARS = 300
 DEFAULT_TAIL = 100
 MAX_TAIL = 500
 
-_ERRORS: dict[str, type[DomainError]] = {
-    "NOT_FOUND": NotFound, "INVALID_ARGUMENT": InvalidArgument,
-    "FAILED_PRECONDITION": FailedPrecondition, "ALREADY_EXISTS": AlreadyExists,
-    "RESOURCE_EXHAUSTED": ResourceExhausted,
-}
 
 
 @dataclass(frozen=True)
@@ -148,7 +138,7 @@ class ServicesStack:
             return ActionResult(True, f"{name}: still starting after {START_WAIT:.0f} s "
                                       "(env-manager carries on)")
         except InfraError as exc:
-            raise domain_error(exc) from None
+            raise env_manager_error(exc) from None
         state = last.get(name, "")
         ok = state.startswith(("healthy", "running"))
         summary = "; ".join(f"{key}: {value}" for key, value in sorted(last.items()))
@@ -160,7 +150,7 @@ class ServicesStack:
         try:
             result = await client.stop_services([name], timeout=ACTION_TIMEOUT)
         except InfraError as exc:
-            raise domain_error(exc) from None
+            raise env_manager_error(exc) from None
         summary = "; ".join(f"{key}: {value}"
                             for key, value in sorted(result.service_results.items()))
         return ActionResult(result.success, shorten(summary or f"{name}: stopped",
@@ -172,7 +162,7 @@ class ServicesStack:
         try:
             result = await client.restart_service(name, timeout=ACTION_TIMEOUT)
         except InfraError as exc:
-            raise domain_error(exc) from None
+            raise env_manager_error(exc) from None
         return ActionResult(result.success, shorten(result.message or f"{name}: restarted",
                                                     MAX_TEXT_CHARS))
 
@@ -189,7 +179,7 @@ class ServicesStack:
                 yield LogLine(entry.stream, shorten(entry.message.rstrip("\n"), MAX_LINE_CHARS),
                               entry.timestamp)
         except InfraError as exc:
-            raise domain_error(exc) from None
+            raise env_manager_error(exc) from None
         finally:
             close = getattr(stream, "aclose", None)
             if close is not None:
@@ -201,14 +191,6 @@ def check_name(name: str) -> None:
         raise InvalidArgument(f"service {shown(name, 80)} is invalid: a service name is "
                               "lower-case letters, digits, '-', '_' or '.', starting with a "
                               "letter or digit (at most 63)")
-
-
-def domain_error(exc: InfraError) -> DomainError:
-    """What env-manager answered, as the domain error with the same meaning; an endpoint that
-    cannot be reached (or refuses our credentials) is Unavailable."""
-    cls = _ERRORS.get(exc.code, Unavailable)
-    prefix = "" if cls is not Unavailable else f"env-manager {exc.address} unavailable: "
-    return cls(shorten(f"{prefix}{exc.details}", MAX_TEXT_CHARS))
 
 
 def service_view(status: ServiceStatus) -> ServiceView:

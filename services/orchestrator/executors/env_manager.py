@@ -42,8 +42,9 @@ from dataclasses import dataclass
 
 from agent_infra.client import ConnectionConfig, EnvManagerClient
 from agent_infra.client.errors import DeadlineExceeded, InfraError, InfraUnavailable
-from agent_infra.runtime.errors import FailedPrecondition
+from agent_infra.runtime.errors import DomainError, FailedPrecondition, Unavailable, shorten
 from agent_infra.runtime.logs import get_logger
+from agent_infra.runtime.status import error_for_status
 
 from ..model import DEFAULT_CLASS
 from ..settings import EnvManagerEndpoint
@@ -248,3 +249,12 @@ class EnvManagerExecutor:
     async def close(self) -> None:
         await self.contracts.close()
         await asyncio.gather(*(client.close() for client in self._clients))
+
+
+def env_manager_error(exc: InfraError) -> DomainError:
+    """What an env-manager answered, as the domain error of the same status, in its words (cut
+    to size); one that can't be reached, or refuses our credentials, is Unavailable."""
+    cls = error_for_status(exc.code)
+    if cls is None or cls is Unavailable:
+        return Unavailable(shorten(f"env-manager {exc.address} unavailable: {exc.details}"))
+    return cls(shorten(exc.details))
