@@ -66,13 +66,15 @@ class ClassQueue:
         if self.running < self.settings.concurrency:
             self.wake.set()
 
-    def pop(self) -> str | None:
-        while self.heap:
+    def pop(self, count: int) -> list[str]:
+        """Up to `count` task ids, best first."""
+        popped: list[str] = []
+        while self.heap and len(popped) < count:
             _, _, task_id = heapq.heappop(self.heap)
             if task_id in self.queued:
                 self.queued.discard(task_id)
-                return task_id
-        return None
+                popped.append(task_id)
+        return popped
 
     @property
     def can_dispatch(self) -> bool:
@@ -252,19 +254,19 @@ class Scheduler:
             queue.wake.clear()
             await queue.wake.wait()
         await self._executor.wait_until_available(queue.name)
-        task_id = queue.pop()
-        if task_id is None:
-            return
-        task = self._live.get(task_id)
-        if task is None:
-            # Its first dispatch: the row is read back now (without its payload).
-            found = await self._store.read(lambda conn: tasks_repo.get_many(conn, [task_id]))
-            if not found or found[0].status.terminal:
-                return  # cancelled while it waited
-            task = self._live.setdefault(task_id, found[0])
-        queue.running += 1
-        run = asyncio.get_running_loop().create_task(self._run(task, queue))
-        self._runs[task_id] = run
+        task_ids = queue.pop(queue.settings.concurrency - queue.running)
+        first = [task_id for task_id in task_ids if task_id not in self._live]
+        if first:
+            # Their first dispatch: the rows are read back now, in one read (no payloads).
+            for task in await self._store.read(lambda conn: tasks_repo.get_many(conn, first)):
+                if not task.status.terminal:  # else cancelled while it waited
+                    self._live.setdefault(task.id, task)
+        for task_id in task_ids:
+            live = self._live.get(task_id)
+            if live is None or task_id in self._runs:
+                continue
+            queue.running += 1
+            self._runs[task_id] = asyncio.get_running_loop().create_task(self._run(live, queue))
 
     async def _run(self, task: Task, queue: ClassQueue) -> None:
         requeue_after: float | None = None
