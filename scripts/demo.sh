@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: make the machine ready, then, all through the `agent-infra` CLI,
 # bring both daemons up (detached, on their default loopback ports) with the offline demo stack
-# (examples/demo-stack.toml), run tasks in containers through the orchestrator and show the state.
+# (examples/demo-stack.toml), run tasks in containers and a sandbox session through the
+# orchestrator, and show the state and the web console's address.
 #   scripts/demo.sh        bring up and demo (leaves the daemons and the stack running)
 #   scripts/demo.sh down   stop the stack, then the daemons the demo started (SIGTERM, graceful)
 # examples/demo_workload.py does the same through the Python client.
@@ -44,11 +45,20 @@ if "$CLI" run -- sh -c 'echo "this task fails on purpose" >&2; exit 3'; then
     exit 1
 fi
 
+step "agent-infra sandbox: one container kept for many commands, its files kept between them"
+SANDBOX="$("$CLI" sandbox create --ttl 300)"
+"$CLI" sandbox exec "$SANDBOX" -- sh -c 'echo "written by the first command as $(id -un)" > note.txt'
+"$CLI" sandbox exec "$SANDBOX" -- cat note.txt
+"$CLI" sandbox rm "$SANDBOX"
+
 step "agent-infra tasks: the newest tasks"
 "$CLI" tasks --limit 3
 
 step "agent-infra health"
 "$CLI" health
+
+step "agent-infra console: the web console, in a browser on this machine"
+"$CLI" console
 
 step "done: the stack and both daemons keep running; stop them with: scripts/demo.sh down"
 echo "try: $CLI --help    (every command has --help with examples, and --json)" >&2
