@@ -65,6 +65,12 @@ class Attachment:
         except (aiohttp.ClientError, OSError, RuntimeError):
             pass  # the process exited without reading all of its stdin
 
+    async def write(self, data: bytes) -> None:
+        """Writes `data` and keeps stdin open (a command loop's next frame); raises what a
+        broken stream raises (STREAM_ERRORS, RuntimeError)."""
+        for start in range(0, len(data), STDIN_CHUNK):
+            await self._stream.write_in(data[start:start + STDIN_CHUNK])
+
     async def close(self) -> None:
         if not self._stdin:
             await self._stream.close()

@@ -14,6 +14,10 @@
   dir (made from a warm container; records.py), TTL kept and idle time counted from the
   adoption, and removes ("reaps") any that is stopped, expired or unreadable; logged as
   `sandbox_adopted` / `sandbox_reaped` (reason `restart`).
+- SandboxExec runs the command through the sandbox's command loop (fast.py, loop.py) when it
+  can, else through the engine's exec API (execs.py): a re-adopted sandbox (its attach went
+  with the old process), a second exec while one runs, a request the loop cannot frame, or a
+  broken loop. Each such exec logs `sandbox_exec_fallback` with the reason.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ..tasks.payload import check_class
 from ..tasks.warm import WarmPool
 from ..tasks.workloads import WorkloadClass
 from . import execs, files
+from .fast import FastChannel
 from .model import (
     KIND_SANDBOX,
     MAX_STDIN_BYTES,
@@ -79,6 +84,7 @@ class SandboxManager:
             self._pool.register_owner(self._records.container_ids)
             self._pool.count_busy(self._count)
         self._sandboxes: dict[str, Sandbox] = {}  # by key_of(id)
+        self._channels: dict[str, FastChannel] = {}  # by key_of(id): made here, not adopted
         self._creating: dict[str, int] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -130,11 +136,14 @@ class SandboxManager:
         return True
 
     async def close(self) -> None:
-        """Stop the reaper; the sandboxes stay for the next process."""
+        """Stop the reaper; the sandboxes stay for the next process (their loops wait)."""
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
             self._reaper = None
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
 
     def reconfigure(self, classes: Mapping[str, WorkloadClass]) -> None:
         """New sandboxes take the new classes; live ones keep what they were made with."""
@@ -166,12 +175,14 @@ class SandboxManager:
                           workdir=limits.workdir, user=workload.user)
         self._creating[workload_class] = self._creating.get(workload_class, 0) + 1
         try:
-            sandbox.container_id = await provision(self.engine, self.stack, workload, sandbox,
-                                                   self._pool, self._records)
+            sandbox.container_id, channel = await provision(self.engine, self.stack, workload,
+                                                            sandbox, self._pool, self._records)
         finally:
             self._creating[workload_class] -= 1
         sandbox.touch()
         self._sandboxes[sandbox.key] = sandbox
+        if channel is not None:
+            self._channels[sandbox.key] = channel
         log.info("sandbox_created", container_id=sandbox.container_id[:12],
                  workload_class=workload_class, ttl_s=ttl, idle_timeout_s=idle,
                  warm=sandbox.warm)
@@ -216,12 +227,24 @@ class SandboxManager:
         if sandbox.running_execs >= MAX_EXECS_PER_SANDBOX:
             raise ResourceExhausted(f"the sandbox runs {sandbox.running_execs} commands, the "
                                     f"most it may at once")
+        channel = self._channels.get(sandbox.key)
+        why = (channel.refusal(command, extra, where, stdin or None) if channel is not None
+               else "no fast channel (re-adopted, or its loop never started)")
+        if why is not None:
+            log.info("sandbox_exec_fallback", container_id=sandbox.container_id[:12],
+                     reason=why)
         sandbox.running_execs += 1
         try:
-            async for item in execs.run(self.engine, sandbox.container_id, command,
-                                        env={**sandbox.env, **extra}, workdir=where,
-                                        user=sandbox.user, stdin=stdin or None, timeout=timeout,
-                                        output_limit=limit):
+            if channel is not None and why is None:
+                # The loop has the sandbox's env already (its container's, or the hand-over's).
+                items = channel.run(self.engine, command, env=extra, workdir=where,
+                                    stdin=stdin or None, timeout=timeout, output_limit=limit)
+            else:
+                items = execs.run(self.engine, sandbox.container_id, command,
+                                  env={**sandbox.env, **extra}, workdir=where,
+                                  user=sandbox.user, stdin=stdin or None, timeout=timeout,
+                                  output_limit=limit)
+            async for item in items:
                 yield item
         except FailedPrecondition:
             raise FailedPrecondition("sandbox_id: the sandbox's container is not running "
@@ -269,6 +292,9 @@ class SandboxManager:
 
     async def _delete(self, sandbox: Sandbox, reason: str) -> None:
         sandbox.deleted = True
+        channel = self._channels.pop(sandbox.key, None)
+        if channel is not None:
+            await channel.close()
         try:
             await remove(self.engine, sandbox.container_id)
         except BaseException:
