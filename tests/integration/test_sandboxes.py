@@ -3,12 +3,15 @@
 Files and processes persist between execs and vanish with the sandbox; TTL and idle reaping;
 another caller's token cannot use a sandbox; hostile PutFile/GetFile paths are refused; kill -9
 of env-manager with a live sandbox, then a restart, re-adopts it (and reaps an expired one), as
-docs/sandboxes.md says.
+docs/sandboxes.md says. Commands go through the sandbox's command loop (sandboxes/loop.py) in
+busybox sh and dash, with hostile argv/env/stdin, and fall back to the exec API when it is busy
+or after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +30,7 @@ pytestmark = pytest.mark.docker
 
 OWNER = (("authorization", "Bearer owner-token"),)
 OTHER = (("authorization", "Bearer another-token"),)
+DASH_IMAGE = "local/debian-python:bookworm"  # /bin/sh is dash (scripts/build_image.sh makes it)
 
 
 def config(stack: str) -> str:
@@ -42,7 +46,10 @@ def config(stack: str) -> str:
             '[workload_classes.cpu_warm.sandbox]\noutput_limit_bytes = 100000\n'
             # Warm, with a working directory its user cannot make (the archive API makes it).
             f'[workload_classes.cpu_warm_root]\nimage = "{TEST_IMAGE}"\nconcurrency = 1\n'
-            'warm = 1\n[workload_classes.cpu_warm_root.sandbox]\nworkdir = "/sandbox"\n')
+            'warm = 1\n[workload_classes.cpu_warm_root.sandbox]\nworkdir = "/sandbox"\n'
+            # The command loop under dash.
+            f'[workload_classes.dash]\nimage = "{DASH_IMAGE}"\nconcurrency = 1\n'
+            'default_timeout = 30\n')
 
 
 class Env:
@@ -75,6 +82,11 @@ class Env:
         assert self.created()[-1]["warm"] is workload_class.startswith("cpu_warm")
         return str(answer.sandbox_id)
 
+    def fallbacks(self) -> list[dict[str, object]]:
+        """The execs that went the exec API's way (not the command loop's), with the reason."""
+        return [r for r in log_records(self.daemon.log_text())
+                if r.get("event") == "sandbox_exec_fallback"]
+
     def created(self) -> list[dict[str, object]]:
         return [r for r in log_records(self.daemon.log_text())
                 if r.get("event") == "sandbox_created"]
@@ -91,7 +103,8 @@ class Env:
 
     async def run(self, sandbox_id: str, *command: str, stdin: bytes = b"",
                   timeout_seconds: int = 0, metadata: tuple[tuple[str, str], ...] = OWNER,
-                  env: dict[str, str] | None = None) -> tuple[pb.SandboxExecOutput, str, str]:
+                  env: dict[str, str] | None = None,
+                  ) -> tuple[pb.SandboxExecOutput, str, str]:
         call = self.stub.SandboxExec(pb.SandboxExecRequest(
             sandbox_id=sandbox_id, command=command, stdin=stdin, env=env or {},
             timeout_seconds=timeout_seconds), metadata=metadata, timeout=60)
@@ -296,6 +309,7 @@ async def test_kill_9_then_restart_readopts_live_sandboxes_and_reaps_expired(env
     warm = await env.create(ttl_seconds=300, workload_class="cpu_warm")
     await env.sh(live, "echo kept > state.txt")
     await env.sh(warm, "echo warm > state.txt")
+    assert env.fallbacks() == []  # both through their command loops
     await env.warm_ready(2)  # the pool refilled: one unclaimed warm container to sweep
     warm_ids = await warm_containers(env.stack)
     assert len(warm_ids) == 2  # the sandbox's and the ready one
@@ -311,6 +325,9 @@ async def test_kill_9_then_restart_readopts_live_sandboxes_and_reaps_expired(env
     await eventually(adopted, "the live sandboxes re-adopted", timeout=30)
     assert await env.sh(live, "cat state.txt") == (0, "kept\n")
     assert await env.sh(warm, "cat state.txt") == (0, "warm\n")
+    # Their loops' attach went with the killed process: the exec API serves them now.
+    assert {r["reason"] for r in env.fallbacks()} == {
+        "no fast channel (re-adopted, or its loop never started)"}
 
     async def swept() -> bool:  # the unclaimed one is gone, the sandbox's stays
         return len(await warm_containers(env.stack) & warm_ids) == 1
@@ -326,3 +343,70 @@ async def test_kill_9_then_restart_readopts_live_sandboxes_and_reaps_expired(env
     # the pool removes only its unclaimed ones).
     assert await container_exists(env.stack) == 1
     assert len(await warm_containers(env.stack)) == 1
+
+
+HOSTILE = ["a'b", '"q"', "$(id -u)", "`id -u`", "a\nb", "\\", "%s%n", " sp ", "", "-e", "*",
+           "\u00e9\t\r", "'; exit 9; '", "${HOME}", "x\\'y"]
+
+
+@pytest.mark.parametrize("workload_class", ["cpu_short", "dash"])
+async def test_commands_go_through_the_loop_with_hostile_values(env: Env,
+                                                                workload_class: str) -> None:
+    if workload_class == "dash":
+        async with aiodocker.Docker() as docker:
+            try:
+                await docker.images.inspect(DASH_IMAGE)
+            except aiodocker.DockerError:
+                pytest.fail(f"{DASH_IMAGE} is missing: run scripts/build_image.sh")
+    sid = await env.create(workload_class=workload_class)
+    # Every argv word and env value arrives as given, nothing interpreted.
+    last, out, err = await env.run(
+        sid, "sh", "-c", 'printf "%s|" "$@"; printf "[%s]" "$V" "$W"', "name", *HOSTILE,
+        env={"V": "\n".join(HOSTILE), "W": "$(touch /tmp/sandbox/pwned)"})
+    assert (last.exit_code, err) == (0, "")
+    assert out == "".join(f"{word}|" for word in HOSTILE) + \
+        f"[{chr(10).join(HOSTILE)}][$(touch /tmp/sandbox/pwned)]"
+    # Separate streams, the exit code, output without a final newline, binary stdin; output
+    # that looks like the loop's end marker does not end the command.
+    fake = "agent-infra-end-0123456789abcdef0123456789abcdef 0"
+    last, out, err = await env.run(sid, "sh", "-c",
+                                   'printf out; printf err >&2; printf "\\036%s\\n" "$1"; '
+                                   'printf "%s\\n" "$1" >&2; echo after; exit 5', "sh", fake)
+    assert (last.exit_code, out, err) == (5, f"out\x1e{fake}\nafter\n", f"err{fake}\n")
+    data = bytes(range(256)) * 40 + b"\n'%\\\x00"
+    last, out, _ = await env.run(sid, "sh", "-c", "md5sum | cut -c1-32; ls; exit 0",
+                                 stdin=data)
+    assert out == hashlib.md5(data).hexdigest() + "\n"  # and nothing was touched
+    # The loop's secret is nowhere a command can simply read.
+    _, out, _ = await env.run(sid, "sh", "-c", "cat /proc/1/cmdline /proc/1/environ "
+                              "/proc/self/environ; ls -a /tmp /tmp/sandbox")
+    assert "agent-infra-end-" not in out
+    # A timeout kills the command (and what it started); the loop serves the next one.
+    last, _, _ = await env.run(sid, "sh", "-c", "sleep 120 & sleep 121", timeout_seconds=1)
+    assert last.timed_out
+    assert await env.sh(sid, "echo next") == (0, "next\n")
+    assert env.fallbacks() == []  # every command so far went through the loop
+    # Two at once: both complete, one through the exec API.
+    await env.sh(sid, "mkfifo /tmp/sandbox/go")
+    slow = env.stub.SandboxExec(pb.SandboxExecRequest(
+        sandbox_id=sid, command=["sh", "-c", "echo started; read x < /tmp/sandbox/go; echo a"]),
+        metadata=OWNER, timeout=60)
+    stream = slow.__aiter__()
+    first = await stream.__anext__()
+    assert (first.stream, first.data) == ("stdout", b"started\n")
+    assert await env.sh(sid, "echo b; echo go > /tmp/sandbox/go") == (0, "b\n")
+    rest = [item async for item in stream]
+    assert b"".join(i.data for i in rest if not i.exited) == b"a\n"
+    assert rest[-1].exited and rest[-1].exit_code == 0
+    assert [r["reason"] for r in env.fallbacks()] == ["fast channel busy (another exec runs)"]
+    # A caller gone mid-command: the command is killed, the loop serves again.
+    gone = env.stub.SandboxExec(pb.SandboxExecRequest(
+        sandbox_id=sid, command=["sh", "-c", "echo x; sleep 120"]), metadata=OWNER, timeout=60)
+    assert (await gone.__aiter__().__anext__()).data == b"x\n"
+    gone.cancel()
+
+    async def loop_serves() -> bool:
+        before = len(env.fallbacks())
+        return await env.sh(sid, "true") == (0, "") and len(env.fallbacks()) == before
+
+    await eventually(loop_serves, "an exec through the loop again after a cancelled one")

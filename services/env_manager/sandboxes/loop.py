@@ -5,8 +5,10 @@ the class's user and says on stdout whether it could ("<mark> 0"), exactly as th
 before it did, then reads its secret, one line on stdin (sent by env-manager, never in argv, env
 or a file), then frames, one at a time: a line with the number of lines that follow, then that
 many lines of a shell script written by `frame()`, which the loop evaluates in a subshell. When
-the subshell ends the loop writes "\\n<secret> <exit code>\\n" on stdout and on stderr (stdout and
-stderr are separate pipes, so each ends with its own marker), then reads the next frame.
+the subshell ends the loop writes "\\x1e<secret> <exit code>\\n" on stdout and on stderr (stdout
+and stderr are separate pipes, so each ends with its own marker), then reads the next frame. The
+marker is found wherever it starts (output need not end with a newline); bytes are held back only
+while they could be its start, which output rarely ends with (an ASCII record separator).
 
 A frame's script changes directory, exports the env (with the exec's kill marker,
 execs.MARKER_ENV), and `exec`s the argv with stdin from /dev/null or from a `printf` of the
@@ -49,8 +51,8 @@ while [ "$n" -gt 0 ]; do IFS= read -r l || idle; s="$s$l
 "; n=$((n-1)); done
 (eval "$s")
 c=$?
-printf '\\n%s %s\\n' "$k" "$c"
-printf '\\n%s %s\\n' "$k" "$c" >&2
+printf '\\036%s %s\\n' "$k" "$c"
+printf '\\036%s %s\\n' "$k" "$c" >&2
 done
 idle
 """
@@ -94,11 +96,11 @@ def frame(argv: Sequence[str], env: Mapping[str, str], workdir: str,
 
 
 class EndScanner:
-    """One stream's output up to the loop's end marker "\\n<secret> <code>\\n": what is the
+    """One stream's output up to the loop's end marker "\\x1e<secret> <code>\\n": what is the
     command's, held back while it could be the start of the marker, and the exit code."""
 
     def __init__(self, secret: str) -> None:
-        self._needle = b"\n" + secret.encode() + b" "
+        self._needle = b"\x1e" + secret.encode() + b" "
         self._held = b""
         self.code: int | None = None
 
