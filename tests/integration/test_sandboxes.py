@@ -329,6 +329,11 @@ async def test_kill_9_then_restart_readopts_live_sandboxes_and_reaps_expired(env
     assert {r["reason"] for r in env.fallbacks()} == {
         "no fast channel (re-adopted, or its loop never started)"}
 
+    async def loop_idle() -> bool:  # its stdin closed with the attach: it only waits and reaps
+        return await env.sh(live, "ps -o args | grep -c '^sleep 86400' || true") == (0, "1\n")
+
+    await eventually(loop_idle, "the loop of the re-adopted sandbox turned idle")
+
     async def swept() -> bool:  # the unclaimed one is gone, the sandbox's stays
         return len(await warm_containers(env.stack) & warm_ids) == 1
 

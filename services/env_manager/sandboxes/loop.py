@@ -36,7 +36,6 @@ from ..tasks import handover
 EXIT_NO_WORKDIR = 126
 # Stdin at most this large goes through the loop (the loop reads its frames a byte at a time).
 MAX_STDIN_BYTES = 16 * 1024
-MAX_FRAME_BYTES = handover.MAX_SCRIPT_BYTES + 4 * MAX_STDIN_BYTES
 
 # $1: the working directory, $2: the ready mark. `idle` is the old idle script: wait, reap.
 LOOP_SCRIPT = """mkdir -p -m 700 -- "$1" 2>/dev/null; [ -d "$1" ] && [ -w "$1" ]
