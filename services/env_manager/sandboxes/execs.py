@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +82,7 @@ class _Limits:
 
 async def run(engine: DockerEngine, container_id: str, command: Sequence[str], *,
               env: Mapping[str, str], workdir: str | None, user: str, stdin: bytes | None,
-              timeout: float, output_limit: int) -> AsyncIterator[Chunk | Exit]:
+              timeout: float, output_limit: int) -> AsyncGenerator[Chunk | Exit, None]:
     """Chunks of output as they come, then one Exit. FailedPrecondition when the sandbox's
     container is not running; Unavailable when the engine is down."""
     began = time.perf_counter()

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 from agent_infra.runtime.errors import FailedPrecondition, Unavailable
 from agent_infra.runtime.logs import get_logger
@@ -116,7 +116,7 @@ class FastChannel:
                 if current.done:
                     self._current = None
                     self.busy = False
-        except STREAM_ERRORS as exc:
+        except Exception as exc:  # the stream broke (or worse): the channel is done either way
             log.warning("sandbox_fast_channel_output_broken", error=str(exc))
         self.broken = True
         if self._current is not None and not self._current.abandoned:
@@ -125,7 +125,7 @@ class FastChannel:
 
     async def run(self, engine: DockerEngine, argv: Sequence[str], *, env: Mapping[str, str],
                   workdir: str, stdin: bytes | None, timeout: float,
-                  output_limit: int) -> AsyncIterator[Chunk | Exit]:
+                  output_limit: int) -> AsyncGenerator[Chunk | Exit, None]:
         """As execs.run, through the loop; check refusal() first (None) and iterate at once."""
         began = time.perf_counter()
         marker = secrets.token_hex(16)
@@ -138,6 +138,11 @@ class FastChannel:
         except _WRITE_ERRORS as exc:
             self.broken = True
             raise Unavailable("the sandbox's command channel broke; try again") from exc
+        except BaseException:
+            # Cancelled mid-write: the loop may hold half a frame, or run the command unseen.
+            self.broken = True
+            self._kill_later(engine, marker)
+            raise
         finished = killed = False
         try:
             deadline = time.monotonic() + timeout
@@ -171,7 +176,10 @@ class FastChannel:
             if not finished and not killed:
                 # The caller went away mid-run: the command goes too; the channel stays busy
                 # until the loop says it ended.
-                task = asyncio.get_running_loop().create_task(
-                    execs.kill(engine, self.container_id, marker))
-                _background.add(task)
-                task.add_done_callback(_background.discard)
+                self._kill_later(engine, marker)
+
+    def _kill_later(self, engine: DockerEngine, marker: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            execs.kill(engine, self.container_id, marker))
+        _background.add(task)
+        task.add_done_callback(_background.discard)

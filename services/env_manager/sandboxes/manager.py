@@ -244,8 +244,9 @@ class SandboxManager:
                                   env={**sandbox.env, **extra}, workdir=where,
                                   user=sandbox.user, stdin=stdin or None, timeout=timeout,
                                   output_limit=limit)
-            async for item in items:
-                yield item
+            async with contextlib.aclosing(items):  # a caller gone: its finally (kill) now
+                async for item in items:
+                    yield item
         except FailedPrecondition:
             raise FailedPrecondition("sandbox_id: the sandbox's container is not running "
                                      "(stopped from outside, or being deleted)") from None
