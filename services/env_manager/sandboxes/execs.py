@@ -1,4 +1,5 @@
-"""One command in a running sandbox through the engine's exec API, its output streamed.
+"""One command in a running sandbox through the engine's exec API, its output streamed: the
+way of the execs the command loop does not take (fast.py), and of PutFile/GetFile's scripts.
 
 Output comes as chunks of at most CHUNK_BYTES, each stream capped at the class's
 `sandbox.output_limit_bytes` (the rest is read and dropped, so the process never blocks on a full
