@@ -11,6 +11,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -20,6 +21,11 @@ from aiodocker.containers import DockerContainer
 
 DOCKER_OPT_OUT_ENV = "AGENT_INFRA_NO_DOCKER"
 TEST_IMAGE = "local/busybox:latest"
+# The Debian base image scripts/build_image.sh makes with debootstrap (its /bin/sh is dash).
+DEBIAN_IMAGE = "local/debian-python:bookworm"
+BUILD_IMAGE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_image.sh"
+# The first build on a machine runs debootstrap: minutes (8-9 seen under load).
+BUILD_IMAGE_SECONDS = 1500.0
 TEST_LABEL = "org.agent-infra.test"
 
 PING_TIMEOUT_S = 5.0
@@ -144,3 +150,28 @@ class ContainerFactory:
         except aiodocker.DockerError as exc:
             if exc.status not in _GONE_STATUSES:
                 raise
+
+
+async def ensure_debian_image() -> str:
+    """DEBIAN_IMAGE, built by scripts/build_image.sh when this engine lacks it (a test using
+    it must not depend on another test having built it first)."""
+    async with aiodocker.Docker() as docker:
+        try:
+            await docker.images.inspect(DEBIAN_IMAGE)
+            return DEBIAN_IMAGE
+        except aiodocker.DockerError:
+            pass
+    build = await asyncio.create_subprocess_exec(
+        "bash", str(BUILD_IMAGE_SCRIPT), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with asyncio.timeout(BUILD_IMAGE_SECONDS):
+            output, _ = await build.communicate()
+    except TimeoutError:
+        build.kill()
+        await build.wait()
+        pytest.fail(f"scripts/build_image.sh took over {BUILD_IMAGE_SECONDS:.0f} s")
+    if build.returncode != 0:
+        pytest.fail(f"scripts/build_image.sh exited {build.returncode}:\n"
+                    f"{output.decode(errors='replace')[-3000:]}")
+    return DEBIAN_IMAGE

@@ -23,14 +23,20 @@ from agent_infra.wire import env_manager_pb2 as pb
 from agent_infra.wire import env_manager_pb2_grpc
 
 from tests.daemon_support import eventually, log_records, start_daemon
-from tests.docker_support import TEST_IMAGE, require_docker
+from tests.docker_support import (
+    BUILD_IMAGE_SECONDS,
+    DEBIAN_IMAGE,
+    TEST_IMAGE,
+    ensure_debian_image,
+    require_docker,
+)
 from tests.env_support import remove_stack_containers, rpc_error, stack_name
 
 pytestmark = pytest.mark.docker
 
 OWNER = (("authorization", "Bearer owner-token"),)
 OTHER = (("authorization", "Bearer another-token"),)
-DASH_IMAGE = "local/debian-python:bookworm"  # /bin/sh is dash (scripts/build_image.sh makes it)
+DASH_IMAGE = DEBIAN_IMAGE  # /bin/sh is dash
 
 
 def config(stack: str) -> str:
@@ -357,15 +363,12 @@ HOSTILE = ["a'b", '"q"', "$(id -u)", "`id -u`", "a\nb", "\\", "%s%n", " sp ", ""
            "\u00e9\t\r", "'; exit 9; '", "${HOME}", "x\\'y"]
 
 
+@pytest.mark.timeout(int(BUILD_IMAGE_SECONDS) + 300)  # may build DEBIAN_IMAGE first
 @pytest.mark.parametrize("workload_class", ["cpu_short", "dash"])
 async def test_commands_go_through_the_loop_with_hostile_values(env: Env,
                                                                 workload_class: str) -> None:
     if workload_class == "dash":
-        async with aiodocker.Docker() as docker:
-            try:
-                await docker.images.inspect(DASH_IMAGE)
-            except aiodocker.DockerError:
-                pytest.fail(f"{DASH_IMAGE} is missing: run scripts/build_image.sh")
+        await ensure_debian_image()
     sid = await env.create(workload_class=workload_class)
     # Every argv word and env value arrives as given, nothing interpreted.
     last, out, err = await env.run(
