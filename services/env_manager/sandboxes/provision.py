@@ -36,7 +36,7 @@ from ..docker import containers
 from ..docker.attach import STREAM_ERRORS, Attachment
 from ..docker.engine import DockerEngine
 from ..tasks.container import _tar, container_config, create, remove
-from ..tasks.handover import fits, script
+from ..tasks.handover import fits
 from ..tasks.payload import TaskSpec
 from ..tasks.warm import WarmContainer, WarmPool
 from ..tasks.workloads import WorkloadClass
@@ -124,10 +124,10 @@ async def _hand_over(engine: DockerEngine, pool: WarmPool, warm: WarmContainer,
     secret = FastChannel.new_secret()
     try:
         await records.save(sandbox)  # before the hand-over: a restart must know it
-        # As WarmPool.hand_over, but stdin stays open: it carries the loop's frames.
         try:
-            await warm.inlet.write(script(loop_command(sandbox.workdir, mark), sandbox.env, None)
-                                   + secret_line(secret))
+            # stdin stays open: it carries the loop's frames.
+            await pool.hand_over(warm, loop_command(sandbox.workdir, mark), sandbox.env, None,
+                                 secret_line(secret), keep_stdin_open=True)
             made = await _ready(warm.output, mark)
         except _WRITE_ERRORS:
             made = None

@@ -128,10 +128,16 @@ class WarmPool:
 
     async def hand_over(self, container: WarmContainer, argv: Sequence[str],
                         env: Mapping[str, str], workdir: str | None,
-                        stdin: bytes | None = None) -> None:
-        """Send the hand-over (argv, env, workdir) and `stdin`, then close the container's stdin.
-        Check handover.fits first. Returns once written (not when the command ends)."""
-        await container.inlet.send_stdin(script(argv, env, workdir) + (stdin or b""))
+                        stdin: bytes | None = None, *, keep_stdin_open: bool = False) -> None:
+        """Send the hand-over (argv, env, workdir) and `stdin`, then close the container's stdin
+        (with `keep_stdin_open`, leave it open for what follows, e.g. a sandbox's command loop,
+        and raise what a broken stream raises). Check handover.fits first. Returns once written
+        (not when the command ends)."""
+        data = script(argv, env, workdir) + (stdin or b"")
+        if keep_stdin_open:
+            await container.inlet.write(data)
+        else:
+            await container.inlet.send_stdin(data)
 
     def discard(self, container: WarmContainer) -> None:
         """Remove a container (claimed or not) in the background."""
