@@ -164,6 +164,15 @@ class DaemonProcess:
             ) from None
 
 
+class PortTaken(AssertionError):
+    """The daemon found a port free_port() picked already taken by someone else."""
+
+
+# free_port() closes its socket before the daemon binds: another process may take the port in
+# between. A daemon that exits for that reason is started again on other ports.
+PORT_ATTEMPTS = 3
+
+
 async def start_daemon(
     name: str,
     workdir: Path,
@@ -177,6 +186,19 @@ async def start_daemon(
 
     Its stdout and stderr go to `log_path` (log_text()), or stderr to its own file `stderr`.
     """
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return await _start_once(name, workdir, args=args, env=env, timeout=timeout,
+                                     stderr=stderr)
+        except PortTaken:
+            if attempt == PORT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _start_once(name: str, workdir: Path, *, args: Sequence[str],
+                      env: Mapping[str, str] | None, timeout: float,
+                      stderr: Path | None) -> DaemonProcess:
     grpc_port, http_port = free_port(), free_port()
     notify = NotifyListener()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_PREFIXES)}
@@ -200,8 +222,11 @@ async def start_daemon(
     if ready not in done:
         ready.cancel()
         notify.close()
-        raise AssertionError(f"{name} exited with {process.returncode} before READY=1:\n"
-                             f"{daemon.log_text()}")
+        text = daemon.log_text()
+        taken = any(sign in text.lower() for sign in ("address already in use",
+                                                      "failed to bind to address"))
+        failure = PortTaken if taken else AssertionError
+        raise failure(f"{name} exited with {process.returncode} before READY=1:\n{text}")
     exited.cancel()
     if ready.exception() is not None:
         process.kill()
