@@ -84,7 +84,8 @@ class RunnerCore:
         return slots.in_use if slots is not None else 0
 
     async def _claimed_ids(self) -> set[str]:
-        raise NotImplementedError  # tasks/warm_run.py
+        """The warm containers handed a task (their claims): the pool's sweeps keep them."""
+        return {claim.container_id for claim in await self.store.claims()}
 
     @property
     def _output_budget(self) -> int:

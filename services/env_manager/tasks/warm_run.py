@@ -113,9 +113,6 @@ def _mark_of(info: dict[str, Any]) -> str:
 
 
 class WarmRuns(Recovery):
-    async def _claimed_ids(self) -> set[str]:
-        return {claim.container_id for claim in await self.store.claims()}
-
     async def recover(self) -> int:
         """Adopt what an earlier process left: its task containers, then the warm containers it
         handed a task (by their claims); then the pool removes the rest and starts filling."""
