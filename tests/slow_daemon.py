@@ -1,7 +1,8 @@
 """env-manager's runtime plus one slow RPC, for shutdown tests (`python -m tests.slow_daemon`).
 
 `/agent_infra.test.Slow/Sleep` takes the request bytes as a number of seconds, sleeps that long and
-echoes them back. `.../Ticks` streams b"tick" every 50 ms until cancelled. `.../Noise` makes the
+echoes them back. `.../Ticks` streams b"tick" every 50 ms until cancelled. `.../Flood` streams
+messages of the request's number of bytes, as fast as the client reads them. `.../Noise` makes the
 standard library log (asyncio's "Task exception was never retrieved", a warnings.warn) and echoes.
 `.../Big` answers as many bytes as the request's number; `.../BigStream` streams b"ok", then that
 many bytes, then b"ok" (responses over the message limit).
@@ -37,6 +38,14 @@ async def _ticks(
         await asyncio.sleep(0.05)
 
 
+async def _flood(
+    request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[bytes]:
+    chunk = b"x" * int(request.decode())
+    while True:
+        yield chunk
+
+
 async def _noise(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
     async def fail() -> None:
         raise RuntimeError("provoked: nobody retrieves this")
@@ -67,6 +76,7 @@ class SlowApp(EnvManagerApp):
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {
             "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
             "Ticks": grpc.unary_stream_rpc_method_handler(_ticks),
+            "Flood": grpc.unary_stream_rpc_method_handler(_flood),
             "Noise": grpc.unary_unary_rpc_method_handler(_noise),
             "Big": grpc.unary_unary_rpc_method_handler(_big),
             "BigStream": grpc.unary_stream_rpc_method_handler(_big_stream),

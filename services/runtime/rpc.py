@@ -18,7 +18,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 
@@ -111,6 +111,8 @@ class MiddlewareInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
         layers = tuple(reversed([m for m in self._middlewares if _applies(m, info)]))
 
         async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if info.response_streaming:
+                context = cast(grpc.aio.ServicerContext[Any, Any], WriteTrackingContext(context))
             invoke: Invoke = functools.partial(behavior, request, context)
             for middleware in layers:
                 invoke = functools.partial(middleware, info, context, invoke)
@@ -189,6 +191,47 @@ def _as_coroutine(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]
     return call_sync
 
 
+class WriteTrackingContext:
+    """A response stream's context that can hold its writes and knows when none is in flight.
+
+    grpc cannot finish a call while one of its sends is still in flight: a handler cancelled in the
+    middle of `context.write` returns, grpc's send of the final status fails with
+    GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, and the call is never ended (the client waits until the
+    server's grace runs out). So whoever cancels a stream's handler first calls `hold_writes()`
+    and awaits `until_no_write()`: the cancel then lands outside a send. Everything else is the
+    real context's.
+    """
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._context = context
+        self._writing = False
+        self._written = asyncio.Event()
+        self._held: asyncio.Future[None] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def write(self, message: Any) -> None:
+        if self._held is not None:
+            await self._held  # never resolved: the handler waits here for its cancel
+        self._writing = True
+        self._written.clear()
+        try:
+            await self._context.write(message)
+        finally:
+            self._writing = False
+            self._written.set()
+
+    def hold_writes(self) -> None:
+        """From now on a `write` waits (for the handler's cancel) instead of sending."""
+        if self._held is None:
+            self._held = asyncio.get_running_loop().create_future()
+
+    async def until_no_write(self) -> None:
+        while self._writing:
+            await self._written.wait()
+
+
 class StreamCloser:
     """Ends response streams when the daemon starts shutting down, with status OK.
 
@@ -214,6 +257,11 @@ class StreamCloser:
             done, _ = await asyncio.wait({call, closing}, return_when=asyncio.FIRST_COMPLETED)
             if call in done:
                 return call.result()
+            if isinstance(context, WriteTrackingContext):
+                context.hold_writes()
+                await context.until_no_write()
+                if call.done():
+                    return call.result()
             call.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await call

@@ -23,6 +23,7 @@ from tests.daemon_support import (
 
 SLEEP = "/agent_infra.test.Slow/Sleep"
 TICKS = "/agent_infra.test.Slow/Ticks"
+FLOOD = "/agent_infra.test.Slow/Flood"
 
 
 async def _in_flight(daemon: DaemonProcess, method: str) -> None:
@@ -103,6 +104,31 @@ async def test_long_lived_streams_end_at_shutdown(tmp_path: Path) -> None:
         assert await daemon.wait_exit(30) == 0
         # Well inside the 60 s grace: open streams do not hold the process.
         assert time.monotonic() - began < 20
+    finally:
+        await channel.close()
+        await daemon.stop()
+        daemon.notify.close()
+
+
+async def test_a_stream_its_client_is_not_reading_ends_cleanly_at_shutdown(tmp_path: Path) -> None:
+    # Whole messages, then a clean end; tests/unit/test_stream_closer.py holds the exact case of
+    # a write in flight that the shutdown's cancel must not interrupt.
+    daemon = await start_daemon("slow", tmp_path, args=["--shutdown-grace", "60"])
+    channel = daemon.channel()
+    try:
+        size = 1_000_000
+        flood = channel.unary_stream(FLOOD)(str(size).encode(), timeout=120)
+        assert len(await flood.read()) == size
+        began = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        await daemon.notify.wait_for("STOPPING")
+        async with asyncio.timeout(30):
+            while (message := await flood.read()) is not grpc.aio.EOF:
+                assert len(message) == size, "a message cut short"
+        assert await flood.code() == grpc.StatusCode.OK
+        assert await daemon.wait_exit(30) == 0
+        assert time.monotonic() - began < 20
+        assert "TOO_MANY_OPERATIONS" not in daemon.log_text()
     finally:
         await channel.close()
         await daemon.stop()
