@@ -1,6 +1,7 @@
 """Shared pytest fixtures for agent-infra.
 
 Sections:
+  * Deployment images: built in the background once tests needing them are selected.
   * Docker engine: `docker`, `containers` (helpers live in tests/docker_support.py).
   * Daemon fixtures: appended below.
 
@@ -11,6 +12,9 @@ AGENT_INFRA_NO_DOCKER=1 (see tests/docker_support.py).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import pytest
 import pytest_asyncio
 import trustme
 
+from tests.deploy_images import KINDS, REPO, STATE
 from tests.docker_support import ContainerFactory, require_docker
 
 # ---------------------------------------------------------------------------------------
@@ -33,6 +38,45 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         fixturenames: list[str] = getattr(item, "fixturenames", [])
         if DOCKER_FIXTURES.intersection(fixturenames):
             item.add_marker(pytest.mark.docker)
+
+
+# ---------------------------------------------------------------------------------------
+# Deployment images
+# ---------------------------------------------------------------------------------------
+
+# The image kind (tests/deploy_images.py) each module's fixture builds. Their builds take minutes
+# on a fresh machine; started here they overlap the tests collected before them. The fixtures
+# still build what they need themselves: that waits on the build lock, then finds the image.
+PREBUILT_FOR = {"test_compose.py": "daemon", "test_systemd_deploy.py": "systemd"}
+_prebuild: subprocess.Popen[bytes] | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    global _prebuild
+    if (session.config.option.collectonly or os.environ.get("AGENT_INFRA_NO_PREBUILD") == "1"
+            or os.environ.get("AGENT_INFRA_PREBUILD") == "started"):  # by scripts/test.sh
+        return
+    wanted = {PREBUILT_FOR[item.path.name] for item in session.items
+              if item.path.name in PREBUILT_FOR}
+    if not wanted:
+        return
+    STATE.mkdir(exist_ok=True)
+    with (STATE / "prebuild.log").open("wb") as log:
+        _prebuild = subprocess.Popen(
+            [sys.executable, "-m", "tests.deploy_images", *(k for k in KINDS if k in wanted)],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _prebuild is None or _prebuild.poll() is not None:
+        return
+    _prebuild.terminate()  # its tests were deselected or the run stopped early
+    try:
+        _prebuild.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(_prebuild.pid, 9)
+        _prebuild.wait()
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,13 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy_images import BuildError, systemd_image
+
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".state"
-SUITE = "bookworm"
-# procps: /bin/kill for ExecReload=.
-INCLUDE = "systemd,systemd-sysv,dbus,python3,python3-venv,procps"
-RECIPE = {"suite": SUITE, "variant": "minbase", "include": INCLUDE, "recipe": 1}
-IMAGE_LABEL = "org.agent-infra.systemd-image"
 TASK_IMAGE = "local/busybox:latest"
 SERVICES = ("env-manager", "orchestrator")
 TIMEOUT_STOP = 30.0  # TimeoutStopSec= in both units
@@ -49,54 +44,6 @@ def run(*args: str, check: bool = True, timeout: float = 300,
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n"
                              f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
-
-
-# ------------------------------------------------------------------------------------------------
-# The systemd image
-# ------------------------------------------------------------------------------------------------
-def host_debian_mirror() -> str:
-    """The Debian mirror apt on this host uses for the suite (never a name from the repo)."""
-    candidates: list[tuple[str, list[str]]] = []
-    apt = Path("/etc/apt")
-    for path in [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]:
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                parts = re.sub(r"\[[^]]*\]", "", line).split()
-                if len(parts) >= 3 and parts[0] == "deb":
-                    candidates.append((parts[1], [parts[2]]))
-    for path in sorted((apt / "sources.list.d").glob("*.sources")):
-        for stanza in path.read_text().split("\n\n"):
-            fields = dict(re.findall(r"^(\w[\w-]*):[ \t]*(.*)$", stanza, re.MULTILINE))
-            if "deb" in fields.get("Types", "").split():
-                for uri in fields.get("URIs", "").split():
-                    candidates.append((uri, fields.get("Suites", "").split()))
-    for uri, suites in candidates:
-        if SUITE in suites and "security" not in uri:
-            return uri
-    pytest.fail(f"no Debian {SUITE} mirror in /etc/apt/sources.list(.d): cannot debootstrap")
-
-
-def systemd_image() -> str:
-    digest = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:16]
-    tag = f"local/agent-infra-systemd:{digest}"
-    found = run("docker", "images", "-q", "--filter", f"label={IMAGE_LABEL}={digest}").stdout
-    if found.strip():
-        return found.split()[0]
-    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
-    if not Path(debootstrap).exists():
-        pytest.fail("debootstrap missing: run scripts/bootstrap.sh (apt-get install debootstrap)")
-    STATE.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=STATE, prefix="systemd-root-") as tmp:
-        root = Path(tmp) / "root"
-        run(debootstrap, f"--variant={RECIPE['variant']}", f"--include={INCLUDE}", SUITE,
-            str(root), host_debian_mirror(), timeout=1800)
-        tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."],
-                               stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "-c", 'CMD ["/sbin/init"]', "-c",
-                        f"LABEL {IMAGE_LABEL}={digest}", "-", tag], stdin=tar.stdout,
-                       check=True, capture_output=True, timeout=600)
-        assert tar.wait() == 0
-    return tag
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,7 +141,10 @@ level = "{level}"
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     if run("docker", "image", "inspect", TASK_IMAGE, check=False).returncode != 0:
         pytest.fail(f"{TASK_IMAGE} missing on the host engine: run scripts/bootstrap.sh")
-    image = systemd_image()
+    try:
+        image = systemd_image()
+    except BuildError as exc:
+        pytest.fail(f"the systemd image: {exc}")
     wheels = wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
     name = f"agent-infra-systemd-test-{uuid.uuid4().hex[:8]}"
     run("docker", "run", "-d", "--name", name, "--cap-add", "SYS_ADMIN",
