@@ -20,7 +20,7 @@ bash "$REPO/scripts/bootstrap.sh"
 # For the whole suite they are built in the background from here, overlapping ruff, mypy and
 # the tests before them (tests/deploy_images.py; the tests wait on its locks, then find them).
 prebuild_pid=""
-if (($# == 0)); then
+if (($# == 0)) && [[ "${AGENT_INFRA_NO_PREBUILD:-}" != 1 ]]; then
     mkdir -p "$REPO/.state"
     "$PY" -m tests.deploy_images daemon systemd >"$REPO/.state/prebuild.log" 2>&1 &
     prebuild_pid=$!
