@@ -204,8 +204,8 @@ class WriteTrackingContext:
 
     def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._context = context
-        self._writing = False
-        self._written = asyncio.Event()
+        self._no_write = asyncio.Event()  # set while no write is in flight
+        self._no_write.set()
         self._held: asyncio.Future[None] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -214,13 +214,11 @@ class WriteTrackingContext:
     async def write(self, message: Any) -> None:
         if self._held is not None:
             await self._held  # never resolved: the handler waits here for its cancel
-        self._writing = True
-        self._written.clear()
+        self._no_write.clear()
         try:
             await self._context.write(message)
         finally:
-            self._writing = False
-            self._written.set()
+            self._no_write.set()
 
     def hold_writes(self) -> None:
         """From now on a `write` waits (for the handler's cancel) instead of sending."""
@@ -228,8 +226,8 @@ class WriteTrackingContext:
             self._held = asyncio.get_running_loop().create_future()
 
     async def until_no_write(self) -> None:
-        while self._writing:
-            await self._written.wait()
+        """Once writes are held, no new one starts: the one in flight is the last to wait for."""
+        await self._no_write.wait()
 
 
 class StreamCloser:
