@@ -11,7 +11,6 @@ import asyncio
 import os
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -19,11 +18,12 @@ import aiohttp
 import pytest
 from aiodocker.containers import DockerContainer
 
+from tests.deploy_images import BUILD_IMAGE_SCRIPT
+
 DOCKER_OPT_OUT_ENV = "AGENT_INFRA_NO_DOCKER"
 TEST_IMAGE = "local/busybox:latest"
 # The Debian base image scripts/build_image.sh makes with debootstrap (its /bin/sh is dash).
 DEBIAN_IMAGE = "local/debian-python:bookworm"
-BUILD_IMAGE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_image.sh"
 # The first build on a machine runs debootstrap: minutes (8-9 seen under load).
 BUILD_IMAGE_SECONDS = 1500.0
 TEST_LABEL = "org.agent-infra.test"

@@ -33,10 +33,10 @@ import pytest
 from agent_infra.client import OrchestratorClient
 
 from tests.daemon_support import free_port, log_events
+from tests.deploy_images import BUILD_IMAGE_SCRIPT
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
-BUILD_SCRIPT = REPO / "scripts" / "build_image.sh"
 IMAGE = "agent-infra:local"
 STACK_LABEL = "org.agent-infra.stack"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -140,7 +140,7 @@ def stack() -> Iterator[Stack]:
         pytest.fail("Docker engine not answering: run scripts/bootstrap.sh", pytrace=False)
 
     started = time.monotonic()
-    run(["bash", str(BUILD_SCRIPT)], timeout=BUILD_TIMEOUT_S)
+    run(["bash", str(BUILD_IMAGE_SCRIPT)], timeout=BUILD_TIMEOUT_S)
     build_s = time.monotonic() - started
 
     project = f"aitest-{uuid.uuid4().hex[:10]}"

@@ -25,10 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy_images import BuildError, systemd_image
+from tests.deploy_images import REPO, STATE, BuildError, systemd_image
 
-REPO = Path(__file__).resolve().parents[2]
-STATE = REPO / ".state"
 TASK_IMAGE = "local/busybox:latest"
 SERVICES = ("env-manager", "orchestrator")
 TIMEOUT_STOP = 30.0  # TimeoutStopSec= in both units
